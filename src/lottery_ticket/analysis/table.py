@@ -1,0 +1,426 @@
+"""The tidy results table: one row per run of an experiment directory, and its aggregates.
+
+Reads the layout of ``docs/architecture.md``::
+
+    <experiment>/trial_<t>/level_<k>/<run>/{run.json, metrics.csv, masks.safetensors, COMPLETE}
+
+Everything here works on a *running* experiment: a run directory without ``metrics.csv``
+gets NaN metrics, one without ``masks.safetensors`` gets NaN Pm, one without ``COMPLETE``
+gets ``complete=False``; unreadable files are treated as missing.  Nothing is unpickled:
+masks are read with ``safetensors.torch.load_file``.
+
+Accuracies are fractions in [0, 1] as the trainer logs them; the text table prints them as
+percentages.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lottery_ticket.analysis.early_stopping import (
+    EARLY_STOPPING_KEYS,
+    early_stopping,
+    read_metrics,
+)
+
+CONTROL_ORDER = ("main", "reinit", "reuse", "reuse_sign", "random")
+"""Known run kinds, in display order; unknown kinds sort after these, alphabetically."""
+
+METRICS = EARLY_STOPPING_KEYS
+"""The per-run numeric columns that :func:`aggregate` summarizes."""
+
+BASE_COLUMNS = (
+    "trial",
+    "level",
+    "run",
+    "control",
+    "run_index",
+    "complete",
+    "has_metrics",
+    "has_masks",
+    "pm",
+    *METRICS,
+    "final_train_split",
+    "path",
+)
+
+_TRIAL_RE = re.compile(r"^trial_(\d+)$")
+_LEVEL_RE = re.compile(r"^level_(\d+)$")
+_RUN_RE = re.compile(r"^(?P<control>[A-Za-z][A-Za-z0-9_]*?)_(?P<index>\d+)$")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory found in an experiment, with what its path says about it."""
+
+    path: Path
+    trial: int
+    level: int
+    run: str
+    control: str
+    run_index: int
+
+
+def parse_run_name(name: str) -> tuple[str, int]:
+    """``"main"`` -> ``("main", 0)``; ``"reuse_sign_3"`` -> ``("reuse_sign", 3)``.
+
+    A name without a numeric suffix is its own control with index 0.
+    """
+    match = _RUN_RE.match(name)
+    if match:
+        return match.group("control"), int(match.group("index"))
+    return name, 0
+
+
+def control_sort_key(control: str) -> tuple[int, str]:
+    """Sort key putting the ticket first, then the known controls, then anything else."""
+    if control in CONTROL_ORDER:
+        return CONTROL_ORDER.index(control), ""
+    return len(CONTROL_ORDER), control
+
+
+def _numbered_subdirs(directory: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
+    found = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match.group(1)), entry))
+    return sorted(found, key=lambda item: item[0])
+
+
+def find_runs(experiment_dir: str | Path) -> list[RunDir]:
+    """All run directories under ``trial_<t>/level_<k>/``, sorted by (trial, level, kind, index).
+
+    Anything that does not follow the layout (other files, stray folders such as a report's
+    ``plots/``) is ignored.
+    """
+    root = Path(experiment_dir)
+    runs = []
+    for trial, trial_dir in _numbered_subdirs(root, _TRIAL_RE):
+        for level, level_dir in _numbered_subdirs(trial_dir, _LEVEL_RE):
+            try:
+                entries = sorted(level_dir.iterdir())
+            except OSError:
+                continue
+            for run_dir in entries:
+                if not run_dir.is_dir() or run_dir.name.startswith("."):
+                    continue
+                control, index = parse_run_name(run_dir.name)
+                runs.append(RunDir(run_dir, trial, level, run_dir.name, control, index))
+    runs.sort(key=lambda r: (r.trial, r.level, control_sort_key(r.control), r.run_index, r.run))
+    return runs
+
+
+def mask_density(masks_path: str | Path) -> dict[str, float]:
+    """Percent of weights remaining from a ``masks.safetensors`` file.
+
+    Returns ``{"pm": overall, "pm_<tensor name>": per tensor, ...}`` where overall counts all
+    tensors together (100 * ones / size).  A missing or unreadable file gives ``{}``.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        masks = load_file(str(masks_path))
+    except Exception:  # missing, truncated or not a safetensors file: treat as absent
+        return {}
+    result: dict[str, float] = {}
+    ones_total = 0
+    size_total = 0
+    for name in sorted(masks):
+        tensor = masks[name]
+        ones = int((tensor != 0).sum().item())
+        size = int(tensor.numel())
+        ones_total += ones
+        size_total += size
+        result[f"pm_{name}"] = 100.0 * ones / size if size else math.nan
+    result["pm"] = 100.0 * ones_total / size_total if size_total else math.nan
+    return result
+
+
+def run_row(run: RunDir) -> dict:
+    """The results-table row of one run directory (never raises on missing files)."""
+    metrics_path = run.path / "metrics.csv"
+    masks_path = run.path / "masks.safetensors"
+    row: dict = {
+        "trial": run.trial,
+        "level": run.level,
+        "run": run.run,
+        "control": run.control,
+        "run_index": run.run_index,
+        "complete": (run.path / "COMPLETE").is_file(),
+        "has_metrics": False,
+        "has_masks": False,
+        "path": str(run.path),
+    }
+    density = mask_density(masks_path) if masks_path.is_file() else {}
+    row["has_masks"] = bool(density)
+    row["pm"] = density.pop("pm", math.nan)
+    metrics = read_metrics(metrics_path) if metrics_path.is_file() else None
+    row["has_metrics"] = metrics is not None and not metrics.empty
+    row.update(early_stopping(metrics) if metrics is not None else early_stopping(pd.DataFrame()))
+    row.update(density)
+    return row
+
+
+def load_results(experiment_dir: str | Path) -> pd.DataFrame:
+    """One tidy row per run directory of an experiment.
+
+    Columns: ``trial, level, run, control, run_index, complete, has_metrics, has_masks, pm``,
+    the metrics of :func:`~lottery_ticket.analysis.early_stopping.early_stopping`
+    (``early_stop_iteration, early_stop_val_loss, early_stop_val_accuracy,
+    early_stop_test_accuracy, final_test_accuracy, best_test_accuracy, final_train_accuracy,
+    final_iteration``), ``final_train_split``, ``path``, then ``pm_<tensor name>`` per
+    prunable tensor.  Runs with missing files are kept, with NaN where data is missing.
+    An experiment without runs gives an empty table with these columns.
+    """
+    rows = [run_row(run) for run in find_runs(experiment_dir)]
+    df = pd.DataFrame(rows, columns=None if rows else list(BASE_COLUMNS))
+    layer_columns = sorted(c for c in df.columns if c.startswith("pm_"))
+    df = df.reindex(columns=[*BASE_COLUMNS, *layer_columns])
+    for column in ("trial", "level", "run_index"):
+        df[column] = df[column].astype("int64")
+    for column in ("complete", "has_metrics", "has_masks"):
+        df[column] = df[column].astype(bool)
+    for column in ("pm", *METRICS, *layer_columns):
+        df[column] = df[column].astype("float64")
+    df["final_train_split"] = df["final_train_split"].fillna("").astype(str)
+    return df.reset_index(drop=True)
+
+
+def load_metrics(
+    experiment_dir: str | Path,
+    *,
+    controls: Iterable[str] | None = ("main",),
+    complete_only: bool = False,
+) -> pd.DataFrame:
+    """The metrics of many runs in one long table (for training curves).
+
+    Columns ``trial, level, run, control, run_index, iteration, split, loss, accuracy``.
+    ``controls=None`` reads every run; ``complete_only`` skips runs without ``COMPLETE``.
+    """
+    wanted = None if controls is None else set(controls)
+    frames = []
+    for run in find_runs(experiment_dir):
+        if wanted is not None and run.control not in wanted:
+            continue
+        if complete_only and not (run.path / "COMPLETE").is_file():
+            continue
+        metrics_path = run.path / "metrics.csv"
+        if not metrics_path.is_file():
+            continue
+        metrics = read_metrics(metrics_path)
+        if metrics.empty:
+            continue
+        metrics = metrics.drop_duplicates(subset=["split", "iteration"], keep="last")
+        metrics.insert(0, "run_index", run.run_index)
+        metrics.insert(0, "control", run.control)
+        metrics.insert(0, "run", run.run)
+        metrics.insert(0, "level", run.level)
+        metrics.insert(0, "trial", run.trial)
+        frames.append(metrics)
+    columns = ["trial", "level", "run", "control", "run_index", "iteration", "split", "loss",
+               "accuracy"]
+    if not frames:
+        return pd.DataFrame({c: pd.Series([], dtype=float) for c in columns})
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def aggregate(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation and count over trials, per (level, control).
+
+    Runs of one control at one level are pooled: with several controls per trial
+    (``reinit_0``, ``reinit_1``) all of them count.  Filter ``df`` first to choose which runs
+    are included (e.g. ``df[df.complete]``).
+
+    Columns: ``level, control, runs`` (rows pooled), ``trials`` (distinct trials),
+    ``complete`` (complete runs), ``pm`` (mean Pm), ``pm_std``, then for each metric ``m`` of
+    :data:`METRICS`: ``m_mean``, ``m_std`` (sample standard deviation, ddof=1, so NaN for a
+    single value), ``m_min``, ``m_max``, ``m_count`` (non-NaN values), then the mean of each
+    ``pm_<tensor>``.  NaN values are skipped.  Sorted by level, then ticket first.
+    """
+    layer_columns = [c for c in df.columns if c.startswith("pm_")]
+    out_columns = ["level", "control", "runs", "trials", "complete", "pm", "pm_std"]
+    for metric in METRICS:
+        out_columns += [f"{metric}_{s}" for s in ("mean", "std", "min", "max", "count")]
+    out_columns += layer_columns
+    if df.empty:
+        return pd.DataFrame(columns=out_columns)
+
+    records = []
+    for (level, control), group in df.groupby(["level", "control"], sort=False):
+        record: dict = {
+            "level": int(level),
+            "control": control,
+            "runs": len(group),
+            "trials": int(group["trial"].nunique()),
+            "complete": int(group["complete"].sum()) if "complete" in group else 0,
+            "pm": _mean(group["pm"]),
+            "pm_std": _std(group["pm"]),
+        }
+        for metric in METRICS:
+            values = group[metric] if metric in group else pd.Series([], dtype=float)
+            record[f"{metric}_mean"] = _mean(values)
+            record[f"{metric}_std"] = _std(values)
+            record[f"{metric}_min"] = float(values.min()) if values.notna().any() else math.nan
+            record[f"{metric}_max"] = float(values.max()) if values.notna().any() else math.nan
+            record[f"{metric}_count"] = int(values.notna().sum())
+        for column in layer_columns:
+            record[column] = _mean(group[column])
+        records.append(record)
+    out = pd.DataFrame(records, columns=out_columns)
+    order = sorted(range(len(out)), key=lambda i: (out["level"].iloc[i],
+                                                   control_sort_key(out["control"].iloc[i])))
+    return out.iloc[order].reset_index(drop=True)
+
+
+def _mean(values: pd.Series) -> float:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _std(values: pd.Series) -> float:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table as CSV (no index, full float precision), atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            df.to_csv(handle, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- text table
+
+
+def format_pm(pm: float) -> str:
+    """Pm as the paper prints it: ``100``, ``51.3``, ``7.0``, ``0.45`` (no % sign)."""
+    if pm is None or not np.isfinite(pm):
+        return "?"
+    if pm >= 99.95:
+        return "100"
+    if pm >= 1:
+        return f"{pm:.1f}"
+    if pm >= 0.1:
+        return f"{pm:.2f}"
+    return f"{pm:.2g}"
+
+
+def format_mean_std(mean: float, std: float, *, scale: float = 1.0, digits: int = 2) -> str:
+    """``"98.12±0.07"``; ``"98.12"`` when the std is NaN (one trial); ``"-"`` when no data."""
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    text = f"{mean * scale:.{digits}f}"
+    if std is not None and np.isfinite(std):
+        text += f"±{std * scale:.{digits}f}"
+    return text
+
+
+def control_label(control: str) -> str:
+    """Short human names for run kinds, used in tables and legends."""
+    return {
+        "main": "ticket",
+        "reinit": "reinit",
+        "reuse": "reuse",
+        "reuse_sign": "reuse_sign",
+        "random": "random",
+    }.get(control, control)
+
+
+def summary_rows(agg: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and cell strings of the summary table (shared by the text and HTML views)."""
+    controls = sorted(agg["control"].unique(), key=control_sort_key) if len(agg) else []
+    header = ["level", "Pm %"]
+    for control in controls:
+        header += [f"{control_label(control)} acc %", f"{control_label(control)} ES iter"]
+    rows = []
+    for level in sorted(agg["level"].unique()) if len(agg) else []:
+        at_level = agg[agg["level"] == level]
+        main = at_level[at_level["control"] == "main"]
+        pm = main["pm"].iloc[0] if len(main) else _mean(at_level["pm"])
+        cells = [str(int(level)), format_pm(pm)]
+        for control in controls:
+            hit = at_level[at_level["control"] == control]
+            if hit.empty:
+                cells += ["-", "-"]
+                continue
+            r = hit.iloc[0]
+            cells.append(format_mean_std(r["early_stop_test_accuracy_mean"],
+                                         r["early_stop_test_accuracy_std"], scale=100.0))
+            cells.append(format_mean_std(r["early_stop_iteration_mean"],
+                                         r["early_stop_iteration_std"], digits=0))
+        rows.append(cells)
+    return header, rows
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Fixed-width text: left-aligned first column, the rest right-aligned."""
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=False)]
+
+    def line(cells: list[str]) -> str:
+        parts = [str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(parts).rstrip()
+
+    lines = [line(header), "  ".join("-" * w for w in widths)]
+    lines += [line(r) for r in rows]
+    return "\n".join(lines)
+
+
+def trials_text(agg: pd.DataFrame) -> str:
+    """``"3 trials"``, or ``"1-3 trials (no ± where only one)"`` when levels differ."""
+    if agg.empty:
+        return "0 trials"
+    lo, hi = int(agg["trials"].min()), int(agg["trials"].max())
+    if lo == hi:
+        return f"{hi} trial{'s' if hi != 1 else ''}"
+    return f"{lo}-{hi} trials (no ± where only one)"
+
+
+def format_summary(agg: pd.DataFrame) -> str:
+    """The fixed-width summary of an :func:`aggregate` table (see :func:`summary_table`)."""
+    if agg.empty:
+        return "no results yet"
+    header, rows = summary_rows(agg)
+    note = ("test accuracy at early stopping (%) and early-stopping iteration, "
+            f"mean±std over {trials_text(agg)}")
+    return note + "\n" + format_table(header, rows)
+
+
+def summary_table(experiment_dir: str | Path, *, include_incomplete: bool = False) -> str:
+    """A short fixed-width table for the end of ``lth lottery``.
+
+    One line per level: level, Pm %, then for the ticket and each control present the test
+    accuracy at early stopping (percent, mean±std over trials) and the early-stopping
+    iteration (mean±std).  Only complete runs count unless ``include_incomplete``; a
+    trailing line says how many runs were left out.
+    """
+    df = load_results(experiment_dir)
+    used = df if include_incomplete else df[df["complete"]]
+    used = used[used["has_metrics"]]
+    text = format_summary(aggregate(used))
+    left_out = len(df) - len(used)
+    if left_out:
+        text += f"\n({left_out} of {len(df)} runs not included: incomplete or without metrics)"
+    return text

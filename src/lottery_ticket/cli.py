@@ -1,0 +1,348 @@
+"""The `lth` command: train, lottery, reinit, sweep, report, models, presets.
+
+User mistakes (LotteryError) print one line, `error: ...`, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from lottery_ticket.errors import LotteryError
+from lottery_ticket.hparams import PRESETS, add_hparam_flags, hparams_from_args
+
+EXIT_USER_ERROR = 2
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> None:
+    g = parser.add_argument_group("running")
+    g.add_argument("--data-root", default=None,
+                   help="dataset directory (default: $LTH_DATA, else ~/.cache/lottery_ticket/data); "
+                        "missing files are downloaded and checksum-verified")
+    g.add_argument("--no-download", dest="download", action="store_false",
+                   help="fail instead of downloading missing dataset files")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    g.add_argument("--checkpoint-seconds", type=float, default=30.0,
+                   help="write a resumable checkpoint after this many seconds of training (default: 30)")
+    g.add_argument("--no-fast", dest="fast", action="store_false",
+                   help="use the general autograd training step even where the fast path applies")
+    if parallel:
+        g.add_argument("--workers", type=int, default=None,
+                       help="parallel worker processes (default: one per core, at most one per job)")
+        g.add_argument("--threads", type=int, default=None,
+                       help="torch threads per worker (default: cores / workers)")
+
+
+def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="paper",
+                        help="hyperparameter preset (see `lth presets`); `paper` picks the paper's "
+                             "preset for --model (default: paper = LeNet-300-100 on MNIST)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="base seed; trial t's model, data-order and label seeds derive from (seed, t)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lth",
+        description="Lottery ticket experiments (Frankle & Carbin, ICLR 2019): find winning tickets "
+                    "by iterative magnitude pruning and run the control experiments.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one network (optionally masked and preset)",
+                       description="Train one network and write its run files to --output-dir.")
+    p.add_argument("--output-dir", required=True, help="directory for this run's files")
+    p.add_argument("--masks", nargs="+", default=None, metavar="PATH",
+                   help="masks.safetensors file(s); several are combined by union")
+    p.add_argument("--presets", default=None, metavar="PATH",
+                   help="a safetensors state dict giving initial values (e.g. a run's initial.safetensors)")
+    p.add_argument("--trial", type=int, default=0, help="trial number: picks the model and data-order seeds")
+    _add_experiment_flags(p)
+    _add_run_flags(p)
+    add_hparam_flags(p)
+
+    p = sub.add_parser("lottery", help="iterative magnitude pruning with resetting: find winning tickets",
+                       description="Train, prune, reset the remaining weights to their initial values, "
+                                   "retrain, for --levels levels, in --trials independent trials.")
+    p.add_argument("--output-dir", required=True, help="experiment directory (resumed if it exists)")
+    p.add_argument("--levels", type=int, default=20, help="pruning levels after level 0 (default: 20)")
+    p.add_argument("--trials", type=int, default=1, help="independent trials, run in parallel (default: 1)")
+    p.add_argument("--report", action="store_true", help="write the HTML report when done")
+    _add_experiment_flags(p)
+    _add_run_flags(p, parallel=True)
+    add_hparam_flags(p)
+
+    p = sub.add_parser("reinit", help="control runs with the masks of an existing lottery experiment",
+                       description="Train control networks with each ticket's masks: reinit (fresh random "
+                                   "init), reuse (sampled from the original initial weights), reuse_sign (the "
+                                   "same, keeping each weight's original sign), random (random masks of the "
+                                   "same per-layer sizes, original init).")
+    p.add_argument("--experiment", required=True, help="a directory written by `lth lottery`")
+    p.add_argument("--control", default="reinit", choices=["reinit", "reuse", "reuse_sign", "random"],
+                   help="which control (default: reinit)")
+    p.add_argument("--levels", default="0-5", help="levels, e.g. 0-5 or 1,3,7 (default: 0-5)")
+    p.add_argument("--runs", type=int, default=1, help="control runs per level and trial (default: 1)")
+    _add_run_flags(p, parallel=True)
+
+    p = sub.add_parser("sweep", help="run every line of an argfile (skipping completed runs)",
+                       description="Each non-empty line of ARGFILE (not starting with #) is one `lth` "
+                                   "command without the leading `lth`, e.g. `train --lr 0.001 --output-dir "
+                                   "runs/a`. An executable ARGFILE is run and its output used. Lines run in "
+                                   "parallel; completed runs are skipped.")
+    p.add_argument("argfile", help="a text file of command lines, or an executable script printing them")
+    p.add_argument("--workers", type=int, default=None, help="lines run at once (default: one per core)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per line (default: cores / workers)")
+    p.add_argument("--dry-run", action="store_true", help="print the lines and exit")
+
+    p = sub.add_parser("report", help="tables, plots and an HTML report of an experiment",
+                       description="Write DIR/report.html, DIR/report.md, DIR/results.csv and DIR/plots/.")
+    p.add_argument("experiment", help="experiment directory (may still be running)")
+
+    sub.add_parser("models", help="list the registered models")
+    sub.add_parser("presets", help="list the presets and their hyperparameters")
+    return parser
+
+
+def parse_levels(text: str) -> list[int]:
+    levels: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                a, b = part.split("-")
+                levels.extend(range(int(a), int(b) + 1))
+            elif part.strip():
+                levels.append(int(part))
+    except ValueError:
+        raise LotteryError(f"--levels must look like 0-5 or 1,3,7; got {text!r}") from None
+    if not levels or min(levels) < 0:
+        raise LotteryError(f"--levels must name levels >= 0; got {text!r}")
+    return sorted(set(levels))
+
+
+def _context(args):
+    from lottery_ticket.runner import Context
+
+    if args.checkpoint_seconds <= 0:
+        raise LotteryError("--checkpoint-seconds must be > 0")
+    return Context(data_root=args.data_root, device=args.device, quiet=args.quiet,
+                   checkpoint_seconds=args.checkpoint_seconds, fast=args.fast, download=args.download)
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise LotteryError(f"unknown device {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LotteryError("--device cuda was given but no CUDA GPU is available")
+
+
+def _workers(args, jobs: int) -> tuple[int, int]:
+    from lottery_ticket.runner import default_threads, default_workers
+
+    workers = args.workers or default_workers(jobs)
+    threads = args.threads or default_threads(workers)
+    if workers < 1 or threads < 1:
+        raise LotteryError("--workers and --threads must be >= 1")
+    return workers, threads
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from lottery_ticket.masking import load_masks
+    from lottery_ticket.runner import load_splits, new_model, trial_seeds
+    from lottery_ticket.store import load_tensors
+    from lottery_ticket.trainer import train
+
+    hp = hparams_from_args(args)
+    ctx = _context(args)
+    _check_device(ctx.device)
+    seeds = trial_seeds(args.seed, args.trial)
+    splits = load_splits(hp, ctx, seeds["labels"])
+    presets = load_tensors(args.presets) if args.presets else None
+    model = new_model(hp, splits, seeds["model"], presets)
+    masks = load_masks(args.masks if len(args.masks or []) != 1 else args.masks[0]) if args.masks else None
+    torch.set_num_threads(torch.get_num_threads())
+    result = train(
+        model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
+        run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
+                  "masks": args.masks, "presets": args.presets},
+        device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
+    )
+    if not args.quiet:
+        last = {split: (loss, acc) for _, split, loss, acc in result.metrics}
+        print(f"done: {args.output_dir}  test accuracy {last['test'][1]:.4f}  "
+              f"validation loss {last['validation'][0]:.4f}")
+
+
+def cmd_lottery(args) -> None:
+    from lottery_ticket.runner import lottery_trial, prepare_experiment, run_jobs
+
+    hp = hparams_from_args(args)
+    if args.levels < 0 or args.trials < 1:
+        raise LotteryError("--levels must be >= 0 and --trials >= 1")
+    ctx = _context(args)
+    _check_device(ctx.device)
+    prepare_experiment(args.output_dir, hp, args.seed)
+    workers, threads = _workers(args, args.trials)
+    jobs = [(args.output_dir, hp.to_dict(), args.seed, trial, args.levels) for trial in range(args.trials)]
+    run_jobs(lottery_trial, jobs, workers, threads, ctx)
+    if not args.quiet:
+        from lottery_ticket.analysis.table import summary_table
+
+        print(summary_table(args.output_dir))
+        print(f"results: {args.output_dir}")
+    if args.report:
+        _report(args.output_dir, args.quiet)
+
+
+def cmd_reinit(args) -> None:
+    from lottery_ticket.runner import control_jobs, control_run, run_jobs
+
+    if args.runs < 1:
+        raise LotteryError("--runs must be >= 1")
+    ctx = _context(args)
+    _check_device(ctx.device)
+    jobs = control_jobs(args.experiment, args.control, parse_levels(args.levels), args.runs)
+    workers, threads = _workers(args, len(jobs))
+    run_jobs(control_run, jobs, workers, threads, ctx)
+    if not args.quiet:
+        from lottery_ticket.analysis.table import summary_table
+
+        print(summary_table(args.experiment))
+
+
+def sweep_lines(argfile: str) -> list[str]:
+    path = Path(argfile)
+    if not path.is_file():
+        raise LotteryError(f"argfile {argfile} does not exist")
+    if os.access(path, os.X_OK):
+        proc = subprocess.run([str(path.resolve())], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LotteryError(f"argfile script {argfile} failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
+        text = proc.stdout
+    else:
+        text = path.read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    parser = build_parser()
+    for line in lines:
+        words = shlex.split(line)
+        if not words or words[0] not in ("train", "lottery", "reinit"):
+            raise LotteryError(f"argfile line must start with train, lottery or reinit: {line!r}")
+        try:
+            parser.parse_args(words)
+        except SystemExit:
+            raise LotteryError(f"invalid argfile line: {line!r}") from None
+    return lines
+
+
+def run_sweep_line(line: str, threads: int) -> None:
+    """One argfile line, run in this process with one worker (parallelism is across lines)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    words = shlex.split(line)
+    if words[0] in ("lottery", "reinit") and "--workers" not in words:
+        words += ["--workers", "1", "--threads", str(threads)]
+    run(words)
+
+
+def cmd_sweep(args) -> None:
+    lines = sweep_lines(args.argfile)
+    if args.dry_run:
+        print("\n".join(lines))
+        return
+    workers, threads = _workers(args, len(lines))
+    print(f"sweep: {len(lines)} lines, {workers} workers x {threads} threads", file=sys.stderr)
+    if workers <= 1:
+        for line in lines:
+            run_sweep_line(line, threads)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_sweep_worker, line, threads): line for line in lines}
+        failed = []
+        for future, line in futures.items():
+            code = future.result()
+            if code:
+                failed.append(line)
+    if failed:
+        raise LotteryError(f"{len(failed)} of {len(lines)} sweep lines failed: {failed[0]!r} ...")
+
+
+def _sweep_worker(line: str, threads: int) -> int:
+    try:
+        run_sweep_line(line, threads)
+    except LotteryError as e:
+        print(f"error: {line}: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def _report(experiment: str, quiet: bool) -> None:
+    from lottery_ticket.analysis.report import write_report
+
+    if not Path(experiment).is_dir():
+        raise LotteryError(f"experiment directory {experiment} does not exist")
+    written = write_report(experiment)
+    if not quiet:
+        print(f"report: {written['html']}")
+
+
+def cmd_models(args) -> None:
+    from lottery_ticket.masking import prunable_names
+    from lottery_ticket.models import build_model, registered
+
+    print(f"{'model':<16}{'dataset':<10}{'prunable weights':>18}  {'preset':<10}description")
+    for entry in registered():
+        for name in entry.examples:
+            shape = (3, 32, 32) if entry.dataset == "cifar10" else (1, 28, 28)
+            model = build_model(name, seed=0, input_shape=shape)
+            params = dict(model.named_parameters())
+            count = sum(params[n].numel() for n in prunable_names(model))
+            print(f"{name:<16}{entry.dataset:<10}{count:>18,}  {entry.default_preset:<10}{entry.description}")
+
+
+def cmd_presets(args) -> None:
+    for name, (hp, description) in PRESETS.items():
+        print(f"{name}: {description}")
+        for section, values in hp.to_dict().items():
+            print(f"  {section}: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+        print()
+
+
+COMMANDS = {
+    "train": cmd_train, "lottery": cmd_lottery, "reinit": cmd_reinit, "sweep": cmd_sweep,
+    "report": lambda a: _report(a.experiment, False), "models": cmd_models, "presets": cmd_presets,
+}
+
+
+def run(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    COMMANDS[args.command](args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except LotteryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

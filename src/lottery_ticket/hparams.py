@@ -1,0 +1,326 @@
+"""Typed hyperparameters: four sections, presets, CLI flags, hashes and diffs.
+
+Every field of every section becomes a `--flag` (underscores become dashes), so `--help` lists
+every hyperparameter. A preset fills all fields; flags the user gives override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from lottery_ticket.errors import LotteryError
+
+
+@dataclass(frozen=True)
+class DatasetHparams:
+    dataset: str = field(default="mnist", metadata={"help": "mnist | fashion_mnist | cifar10"})
+    batch_size: int = field(default=60, metadata={"help": "training minibatch size"})
+    validation_size: int = field(
+        default=5000, metadata={"help": "training examples held out for validation"}
+    )
+    split_seed: int = field(default=0, metadata={"help": "seed of the validation split"})
+    normalization: str = field(
+        default="standard",
+        metadata={"help": "standard (dataset mean/std) | l2 (per example, as the original code) | none"},
+    )
+    augment: bool = field(
+        default=False, metadata={"help": "random 4-pixel crop and horizontal flip (images only)"}
+    )
+    permute_labels: bool = field(
+        default=False, metadata={"help": "randomly permute the training labels (seeded per trial)"}
+    )
+
+
+@dataclass(frozen=True)
+class ModelHparams:
+    model: str = field(default="lenet_300_100", metadata={"help": "a registered model (see `lth models`)"})
+    init: str = field(
+        default="glorot_normal",
+        metadata={"help": "glorot_normal | glorot_uniform | kaiming_normal | kaiming_uniform"},
+    )
+    dropout: float = field(default=0.0, metadata={"help": "dropout after hidden fully-connected layers (conv nets)"})
+
+
+@dataclass(frozen=True)
+class TrainingHparams:
+    optimizer: str = field(default="adam", metadata={"help": "adam | sgd"})
+    lr: float = field(default=1.2e-3, metadata={"help": "learning rate"})
+    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay (added to the gradient)"})
+    iterations: int = field(default=50000, metadata={"help": "training iterations (minibatches)"})
+    epochs: int = field(
+        default=0, metadata={"help": "if > 0, train this many epochs instead of --iterations"}
+    )
+    eval_every: int = field(
+        default=100, metadata={"help": "evaluate validation and test every this many iterations"}
+    )
+    warmup_iterations: int = field(
+        default=0, metadata={"help": "linear learning-rate warmup from 0 over this many iterations"}
+    )
+    lr_milestones: str = field(
+        default="", metadata={"help": "comma-separated iterations where the lr is multiplied by --lr-gamma"}
+    )
+    lr_gamma: float = field(default=0.1, metadata={"help": "learning-rate decay factor at each milestone"})
+    rewind_iteration: int = field(
+        default=0,
+        metadata={"help": "late rewinding: reset to the level-0 weights at this iteration instead of 0"},
+    )
+
+
+@dataclass(frozen=True)
+class PruningHparams:
+    strategy: str = field(
+        default="layerwise", metadata={"help": "layerwise (per-layer rates) | global (one threshold)"}
+    )
+    fc_fraction: float = field(
+        default=0.2, metadata={"help": "layerwise: fraction of remaining fully-connected weights pruned per level"}
+    )
+    conv_fraction: float = field(
+        default=0.1, metadata={"help": "layerwise: fraction of remaining conv weights pruned per level"}
+    )
+    output_fraction: float = field(
+        default=0.1, metadata={"help": "layerwise: fraction of remaining output-layer weights pruned per level"}
+    )
+    global_fraction: float = field(
+        default=0.2, metadata={"help": "global: fraction of all remaining prunable weights pruned per level"}
+    )
+    never_prune: str = field(
+        default="", metadata={"help": "comma-separated tensor names that are never pruned"}
+    )
+
+
+@dataclass(frozen=True)
+class Hparams:
+    dataset: DatasetHparams = field(default_factory=DatasetHparams)
+    model: ModelHparams = field(default_factory=ModelHparams)
+    training: TrainingHparams = field(default_factory=TrainingHparams)
+    pruning: PruningHparams = field(default_factory=PruningHparams)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, dict[str, Any]]) -> Hparams:
+        sections = {}
+        for f in fields(cls):
+            section_cls = f.default_factory
+            known = {sf.name for sf in fields(section_cls)}
+            values = d.get(f.name, {})
+            unknown = set(values) - known
+            if unknown:
+                raise LotteryError(f"unknown hyperparameters in section {f.name}: {sorted(unknown)}")
+            sections[f.name] = section_cls(**values)
+        return cls(**sections)
+
+    def digest(self) -> str:
+        """A short stable hash of every hyperparameter (used to name and match experiments)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+SECTIONS = {f.name: f.default_factory for f in fields(Hparams)}
+
+
+# --------------------------------------------------------------------------- presets
+
+_CONV_TRAINING = dict(optimizer="adam", iterations=20000, eval_every=100)
+
+
+def _preset(dataset=None, model=None, training=None, pruning=None) -> Hparams:
+    return Hparams(
+        DatasetHparams(**(dataset or {})),
+        ModelHparams(**(model or {})),
+        TrainingHparams(**(training or {})),
+        PruningHparams(**(pruning or {})),
+    )
+
+
+PRESETS: dict[str, tuple[Hparams, str]] = {
+    "paper": (
+        _preset(),
+        "LeNet-300-100 on MNIST as in the paper: Adam 1.2e-3, batch 60, 50,000 iterations, "
+        "prune 20% of each hidden layer and 10% of the output layer per level",
+    ),
+    "original-code": (
+        _preset(
+            dataset=dict(batch_size=64, normalization="l2"),
+            training=dict(optimizer="sgd", lr=0.1),
+        ),
+        "the original TensorFlow library's defaults: SGD 0.1, batch 64, L2-normalized inputs "
+        "(run 30 levels: --levels 30)",
+    ),
+    "conv2": (
+        _preset(
+            dataset=dict(dataset="cifar10"),
+            model=dict(model="conv2"),
+            training=dict(_CONV_TRAINING, lr=2e-4, iterations=20000),
+            pruning=dict(conv_fraction=0.1, fc_fraction=0.2, output_fraction=0.1),
+        ),
+        "Conv-2 on CIFAR-10 (paper Figure 2): Adam 2e-4, batch 60, 20K iterations, conv 10%, fc 20%, output 10%",
+    ),
+    "conv4": (
+        _preset(
+            dataset=dict(dataset="cifar10"),
+            model=dict(model="conv4"),
+            training=dict(_CONV_TRAINING, lr=3e-4, iterations=25000),
+            pruning=dict(conv_fraction=0.1, fc_fraction=0.2, output_fraction=0.1),
+        ),
+        "Conv-4 on CIFAR-10: Adam 3e-4, batch 60, 25K iterations, conv 10%, fc 20%, output 10%",
+    ),
+    "conv6": (
+        _preset(
+            dataset=dict(dataset="cifar10"),
+            model=dict(model="conv6"),
+            training=dict(_CONV_TRAINING, lr=3e-4, iterations=30000),
+            pruning=dict(conv_fraction=0.15, fc_fraction=0.2, output_fraction=0.1),
+        ),
+        "Conv-6 on CIFAR-10: Adam 3e-4, batch 60, 30K iterations, conv 15%, fc 20%, output 10%",
+    ),
+    "vgg19": (
+        _preset(
+            dataset=dict(dataset="cifar10", batch_size=64, augment=True),
+            model=dict(model="vgg19"),
+            training=dict(
+                optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, iterations=112000,
+                eval_every=1000, warmup_iterations=10000, lr_milestones="56000,84000",
+                lr_gamma=0.1, rewind_iteration=0,
+            ),
+            pruning=dict(strategy="global", global_fraction=0.2, never_prune="fc.weight"),
+        ),
+        "VGG-19 on CIFAR-10 (paper Section 4): SGD 0.1 momentum 0.9, batch 64, 112K iterations, "
+        "lr /10 at 56K and 84K, 10K warmup, global pruning 20% of conv weights; "
+        "add --rewind-iteration for late rewinding",
+    ),
+    "resnet18": (
+        _preset(
+            dataset=dict(dataset="cifar10", batch_size=128, augment=True),
+            model=dict(model="resnet18"),
+            training=dict(
+                optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, iterations=30000,
+                eval_every=500, warmup_iterations=20000, lr_milestones="20000,25000",
+                lr_gamma=0.1, rewind_iteration=0,
+            ),
+            pruning=dict(strategy="global", global_fraction=0.2, never_prune="fc.weight"),
+        ),
+        "ResNet-18 on CIFAR-10 (paper Section 4): SGD 0.1 momentum 0.9, batch 128, 30K iterations, "
+        "lr /10 at 20K and 25K, 20K warmup, global pruning 20% of conv weights",
+    ),
+}
+
+
+def preset_hparams(preset: str, model: str | None = None) -> Hparams:
+    """The preset's hyperparameters. `paper` picks the paper's preset for `model` if given."""
+    if preset == "paper" and model is not None:
+        from lottery_ticket.models import entry_for
+
+        preset = entry_for(model).default_preset
+    if preset not in PRESETS:
+        raise LotteryError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    hp = PRESETS[preset][0]
+    if model is not None and model != hp.model.model:
+        hp = replace(hp, model=replace(hp.model, model=model))
+    return hp
+
+
+# --------------------------------------------------------------------------- CLI flags
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_hparam_flags(parser: argparse.ArgumentParser, sections=("dataset", "model", "training", "pruning")) -> None:
+    """Add one flag per hyperparameter. Defaults are shown from the `paper` preset; an omitted
+    flag keeps the chosen preset's value (argparse stores nothing for it)."""
+    paper = PRESETS["paper"][0]
+    for section in sections:
+        group = parser.add_argument_group(f"{section} hyperparameters (default: from --preset)")
+        for f in fields(SECTIONS[section]):
+            shown = getattr(getattr(paper, section), f.name)
+            help_text = f"{f.metadata.get('help', '')} (paper: {shown!r})"
+            dest = f"hp__{section}__{f.name}"
+            if f.type in ("bool", bool):
+                group.add_argument(
+                    flag_name(f.name), dest=dest, action=argparse.BooleanOptionalAction,
+                    default=argparse.SUPPRESS, help=help_text,
+                )
+            else:
+                kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+                group.add_argument(
+                    flag_name(f.name), dest=dest, type=kind, default=argparse.SUPPRESS,
+                    metavar=kind.__name__.upper(), help=help_text,
+                )
+
+
+def hparams_from_args(args: argparse.Namespace) -> Hparams:
+    """Preset (`args.preset`) overridden by every hyperparameter flag given."""
+    overrides: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for key, value in vars(args).items():
+        if key.startswith("hp__"):
+            _, section, name = key.split("__", 2)
+            overrides[section][name] = value
+    hp = preset_hparams(args.preset, overrides["model"].get("model"))
+    hp = Hparams(**{s: replace(getattr(hp, s), **overrides[s]) for s in SECTIONS})
+    validate(hp)
+    return hp
+
+
+def validate(hp: Hparams) -> None:
+    """Reject impossible settings with one clear message."""
+    d, t, p = hp.dataset, hp.training, hp.pruning
+    if d.dataset not in ("mnist", "fashion_mnist", "cifar10"):
+        raise LotteryError(f"unknown dataset {d.dataset!r}; choose mnist, fashion_mnist or cifar10")
+    if d.normalization not in ("standard", "l2", "none"):
+        raise LotteryError(f"unknown normalization {d.normalization!r}; choose standard, l2 or none")
+    if d.batch_size < 1:
+        raise LotteryError(f"--batch-size must be >= 1, got {d.batch_size}")
+    if d.validation_size < 0:
+        raise LotteryError(f"--validation-size must be >= 0, got {d.validation_size}")
+    if t.optimizer not in ("adam", "sgd"):
+        raise LotteryError(f"unknown optimizer {t.optimizer!r}; choose adam or sgd")
+    if not t.lr > 0:
+        raise LotteryError(f"--lr must be > 0, got {t.lr}")
+    if t.iterations < 1 and t.epochs < 1:
+        raise LotteryError("--iterations (or --epochs) must be >= 1")
+    if t.eval_every < 1:
+        raise LotteryError(f"--eval-every must be >= 1, got {t.eval_every}")
+    for name in ("momentum", "weight_decay", "warmup_iterations", "rewind_iteration", "epochs"):
+        if getattr(t, name) < 0:
+            raise LotteryError(f"{flag_name(name)} must be >= 0, got {getattr(t, name)}")
+    milestones(t)
+    if p.strategy not in ("layerwise", "global"):
+        raise LotteryError(f"unknown pruning strategy {p.strategy!r}; choose layerwise or global")
+    for name in ("fc_fraction", "conv_fraction", "output_fraction", "global_fraction"):
+        value = getattr(p, name)
+        if not 0.0 <= value < 1.0:
+            raise LotteryError(f"{flag_name(name)} must be in [0, 1), got {value}")
+
+
+def milestones(t: TrainingHparams) -> list[int]:
+    try:
+        values = [int(v) for v in t.lr_milestones.split(",") if v.strip()]
+    except ValueError:
+        raise LotteryError(f"--lr-milestones must be comma-separated integers, got {t.lr_milestones!r}") from None
+    if values != sorted(values) or any(v < 1 for v in values):
+        raise LotteryError(f"--lr-milestones must be increasing positive iterations, got {t.lr_milestones!r}")
+    return values
+
+
+def never_prune(p: PruningHparams) -> list[str]:
+    return [n.strip() for n in p.never_prune.split(",") if n.strip()]
+
+
+def diff(old: Hparams, new: Hparams) -> list[str]:
+    """Human-readable differences, e.g. ['training.lr: 0.0012 -> 0.001']."""
+    a, b = old.to_dict(), new.to_dict()
+    out = []
+    for section in SECTIONS:
+        for name in a[section]:
+            if a[section][name] != b[section][name]:
+                out.append(f"{section}.{name}: {a[section][name]!r} -> {b[section][name]!r}")
+    return out

@@ -1,0 +1,81 @@
+"""One writer per run: an exclusive lock file naming its holder (host and process id).
+
+The lock is a file created with O_EXCL. A second process fails at once with the holder's name.
+A lock left by a dead process on this host is stale: it is removed and taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from pathlib import Path
+
+from lottery_ticket.errors import LotteryError
+
+LOCK_NAME = ".lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._read_holder()
+                if holder is None:
+                    continue  # being written or removed right now: look again
+                if holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1))):
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.unlink()  # stale: its process is gone
+                    continue
+                if holder == me:
+                    raise LotteryError(f"{self.path.parent} is already locked by this process")
+                raise LotteryError(
+                    f"{self.path.parent} is being written by another process "
+                    f"(host {holder.get('host')}, pid {holder.get('pid')}); "
+                    f"if that process is gone, delete {self.path}"
+                )
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+                f.flush()
+                os.fsync(f.fileno())
+            self.held = True
+            return
+        raise LotteryError(f"could not lock {self.path.parent}: the lock file keeps changing")
+
+    def _read_holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

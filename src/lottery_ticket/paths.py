@@ -1,0 +1,59 @@
+"""The on-disk layout: `<experiment>/trial_<t>/level_<k>/<run name>/`.
+
+The ticket itself is the run `main`; control runs sit beside it as `<control>_<r>`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+CONTROLS = ("reinit", "reuse", "reuse_sign", "random")
+
+EXPERIMENT_FILE = "experiment.json"
+RUN_FILE = "run.json"
+METRICS = "metrics.csv"
+MASKS = "masks.safetensors"
+INITIAL = "initial.safetensors"
+FINAL = "final.safetensors"
+REWIND = "rewind.safetensors"
+COMPLETE = "COMPLETE"
+CHECKPOINT = "checkpoint"
+TENSORBOARD = "tensorboard"
+
+
+def trial_dir(experiment: str | Path, trial: int) -> Path:
+    return Path(experiment) / f"trial_{trial}"
+
+
+def level_dir(experiment: str | Path, trial: int, level: int) -> Path:
+    return trial_dir(experiment, trial) / f"level_{level}"
+
+
+def run_name(control: str = "main", run_index: int = 0) -> str:
+    return "main" if control == "main" else f"{control}_{run_index}"
+
+
+def run_dir(experiment: str | Path, trial: int, level: int, control: str = "main", run_index: int = 0) -> Path:
+    return level_dir(experiment, trial, level) / run_name(control, run_index)
+
+
+def parse_run_name(name: str) -> tuple[str, int] | None:
+    """('main', 0) or (control, r) for a run directory name; None for anything else."""
+    if name == "main":
+        return "main", 0
+    m = re.fullmatch(r"(reinit|reuse_sign|reuse|random)_(\d+)", name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def is_complete(run: str | Path) -> bool:
+    return (Path(run) / COMPLETE).is_file()
+
+
+def levels_present(experiment: str | Path, trial: int) -> list[int]:
+    found = []
+    for p in trial_dir(experiment, trial).glob("level_*"):
+        m = re.fullmatch(r"level_(\d+)", p.name)
+        if m:
+            found.append(int(m.group(1)))
+    return sorted(found)

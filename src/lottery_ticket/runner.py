@@ -1,0 +1,274 @@
+"""Running experiments from the command line: lottery trials, control runs, sweeps, in parallel.
+
+Each job (a lottery trial, a control run, a sweep line) runs in its own worker process with its
+own thread count; seeds come from the trial, level and run numbers alone, so results do not
+depend on the number of workers or on the order jobs finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from lottery_ticket import paths
+from lottery_ticket.controls import CONTROLS, control_init
+from lottery_ticket.errors import LotteryError
+from lottery_ticket.experiment import experiment
+from lottery_ticket.hparams import Hparams, diff, never_prune
+from lottery_ticket.masking import apply_presets, layer_kinds
+from lottery_ticket.pruning import layer_fractions, prune_global, prune_layerwise
+from lottery_ticket.store import load_tensors, read_json, write_json
+from lottery_ticket.trainer import train, versions
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of names and numbers (stable across runs and machines)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def trial_seeds(seed: int, trial: int) -> dict[str, int]:
+    return {
+        "model": derive_seed("model", seed, trial),
+        "order": derive_seed("order", seed, trial),
+        "labels": derive_seed("labels", seed, trial),
+    }
+
+
+@dataclass(frozen=True)
+class Context:
+    """How to run (not what): where data is, which device, how chatty, checkpoint interval."""
+
+    data_root: str | None = None
+    device: str = "cpu"
+    quiet: bool = False  # no output at all
+    bars: bool = True  # a progress bar per run (off in worker processes)
+    checkpoint_seconds: float = 30.0
+    fast: bool = True
+    download: bool = True  # fetch missing dataset files from the public mirrors
+
+
+# --------------------------------------------------------------------------- building blocks
+
+_DATASETS: dict = {}
+
+
+def load_splits(hp: Hparams, ctx: Context, labels_seed: int | None):
+    """The dataset for these hyperparameters (cached in this process)."""
+    from lottery_ticket.data import load_dataset
+
+    d = hp.dataset
+    key = (d.dataset, ctx.data_root, d.validation_size, d.split_seed, d.normalization,
+           labels_seed if d.permute_labels else None)
+    if key not in _DATASETS:
+        _DATASETS.clear()
+        _DATASETS[key] = load_dataset(
+            d.dataset, ctx.data_root, validation_size=d.validation_size, split_seed=d.split_seed,
+            normalization=d.normalization, permute_labels_seed=key[-1], download=ctx.download,
+        )
+    return _DATASETS[key]
+
+
+def new_model(hp: Hparams, splits, seed: int, presets: dict | None = None) -> torch.nn.Module:
+    from lottery_ticket.models import build_model
+
+    model = build_model(
+        hp.model.model, seed=seed, num_classes=splits.num_classes, input_shape=splits.input_shape,
+        init=hp.model.init, dropout=hp.model.dropout,
+    )
+    if presets is not None:
+        apply_presets(model, presets)
+    return model
+
+
+def pruner(hp: Hparams, model: torch.nn.Module):
+    """prune_masks(masks, final_weights) for these hyperparameters."""
+    p = hp.pruning
+    if p.strategy == "global":
+        return lambda masks, weights: prune_global(masks, weights, p.global_fraction, never_prune(p))
+    fractions = layer_fractions(layer_kinds(model), p.fc_fraction, p.conv_fraction, p.output_fraction)
+    for name in never_prune(p):
+        if name not in fractions:
+            raise LotteryError(f"--never-prune names unknown tensor {name!r}; prunable: {sorted(fractions)}")
+        fractions[name] = 0.0
+    return lambda masks, weights: prune_layerwise(masks, weights, fractions)
+
+
+def report_run(out: Path, result, started: float, ctx: Context) -> None:
+    if ctx.quiet:
+        return
+    from lottery_ticket.analysis.early_stopping import early_stopping
+    from lottery_ticket.masking import density
+
+    import pandas as pd
+
+    es = early_stopping(pd.DataFrame(result.metrics, columns=["iteration", "split", "loss", "accuracy"]))
+    pm = 100 * density(load_tensors(out / paths.MASKS))
+    print(
+        f"{out}: Pm {pm:.1f}%  early stop at {es['early_stop_iteration']:.0f}  "
+        f"test acc {es['early_stop_test_accuracy']:.4f}  ({time.time() - started:.1f} s)",
+        file=sys.stderr, flush=True,
+    )
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def prepare_experiment(exp_dir: str | Path, hp: Hparams, seed: int) -> None:
+    """Record the experiment's settings, or refuse if the directory holds a different experiment."""
+    exp_dir = Path(exp_dir)
+    record_file = exp_dir / paths.EXPERIMENT_FILE
+    if record_file.exists():
+        old = read_json(record_file)
+        try:
+            changes = diff(Hparams.from_dict(old["hparams"]), hp)
+        except (KeyError, TypeError, LotteryError):
+            raise LotteryError(f"{record_file} is not a lottery_ticket experiment record") from None
+        if old.get("seed") != seed:
+            changes.append(f"seed: {old.get('seed')!r} -> {seed!r}")
+        if changes:
+            raise LotteryError(
+                f"{exp_dir} holds an experiment with different hyperparameters ({'; '.join(changes)}); "
+                "use another --output-dir, or the same flags to resume it"
+            )
+        return
+    if exp_dir.exists() and any(p for p in exp_dir.iterdir() if not p.name.startswith(".")):
+        raise LotteryError(f"{exp_dir} exists and is not a lottery_ticket experiment; choose an empty or new directory")
+    write_json(record_file, {"kind": "lottery", "hparams": hp.to_dict(), "seed": seed, "versions": versions()})
+
+
+def lottery_trial(exp_dir: str, hp_dict: dict, seed: int, trial: int, levels: int, ctx: Context) -> None:
+    """One trial: levels 0..`levels` of train, prune, rewind, retrain."""
+    hp = Hparams.from_dict(hp_dict)
+    seeds = trial_seeds(seed, trial)
+    rewind = hp.training.rewind_iteration
+
+    def make_dataset():
+        return load_splits(hp, ctx, seeds["labels"])
+
+    splits = make_dataset()
+
+    def make_model(presets):
+        return new_model(hp, splits, seeds["model"], presets)
+
+    def train_model(level, dataset, model, masks):
+        out = paths.run_dir(exp_dir, trial, level)
+        started = time.time()
+        result = train(
+            model, dataset, hp, order_seed=seeds["order"], masks=masks, output_dir=out,
+            run_info={"trial": trial, "level": level, "control": "main", "run_index": 0, "seeds": seeds},
+            device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
+            start_iteration=rewind if level > 0 else 0,
+        )
+        report_run(out, result, started, ctx)
+        return (result.rewind if result.rewind is not None else result.initial), result.final
+
+    prune_masks = pruner(hp, make_model(None))
+    experiment(make_dataset, make_model, train_model, prune_masks, levels)
+
+
+def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: int, ctx: Context) -> None:
+    """One control run trained with the masks of the ticket at (trial, level)."""
+    record = read_json(Path(exp_dir) / paths.EXPERIMENT_FILE)
+    hp, seed = Hparams.from_dict(record["hparams"]), record["seed"]
+    seeds = trial_seeds(seed, trial)
+    ticket = paths.run_dir(exp_dir, trial, level)
+    if not paths.is_complete(ticket):
+        raise LotteryError(f"the ticket run {ticket} is not complete; finish `lth lottery` first")
+    masks = load_tensors(ticket / paths.MASKS)
+    original = load_tensors(paths.run_dir(exp_dir, trial, 0) / paths.INITIAL)
+    run_seed = derive_seed("control", control, seed, trial, level, run_index)
+    splits = load_splits(hp, ctx, seeds["labels"])
+    fresh = new_model(hp, splits, run_seed).state_dict()
+    weights, run_masks = control_init(control, original, fresh, masks, run_seed)
+    model = new_model(hp, splits, run_seed, presets=weights)
+    out = paths.run_dir(exp_dir, trial, level, control, run_index)
+    started = time.time()
+    # Controls train from iteration 0 with the full schedule: there is no rewinding to compare.
+    control_hp = hp if hp.training.rewind_iteration == 0 else _without_rewind(hp)
+    result = train(
+        model, splits, control_hp, order_seed=seeds["order"], masks=run_masks, output_dir=out,
+        run_info={"trial": trial, "level": level, "control": control, "run_index": run_index,
+                  "seeds": {**seeds, "control": run_seed}},
+        device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
+    )
+    report_run(out, result, started, ctx)
+
+
+def _without_rewind(hp: Hparams) -> Hparams:
+    from dataclasses import replace
+
+    return replace(hp, training=replace(hp.training, rewind_iteration=0))
+
+
+def experiment_trials(exp_dir: str | Path) -> list[int]:
+    found = []
+    for p in Path(exp_dir).glob("trial_*"):
+        suffix = p.name[len("trial_"):]
+        if suffix.isdigit():
+            found.append(int(suffix))
+    return sorted(found)
+
+
+def control_jobs(exp_dir: str | Path, control: str, levels: list[int], runs: int) -> list[tuple]:
+    if control not in CONTROLS:
+        raise LotteryError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)}")
+    if not (Path(exp_dir) / paths.EXPERIMENT_FILE).exists():
+        raise LotteryError(f"{exp_dir} is not a lottery experiment (no {paths.EXPERIMENT_FILE}); run `lth lottery` first")
+    trials = experiment_trials(exp_dir)
+    if not trials:
+        raise LotteryError(f"{exp_dir} has no trials yet; run `lth lottery` first")
+    jobs = []
+    for trial in trials:
+        available = set(paths.levels_present(exp_dir, trial))
+        missing = [lv for lv in levels if lv not in available]
+        if missing:
+            raise LotteryError(f"trial {trial} of {exp_dir} has no level(s) {missing}; it has {sorted(available)}")
+        jobs.extend((str(exp_dir), control, trial, level, r) for level in levels for r in range(runs))
+    return jobs
+
+
+# --------------------------------------------------------------------------- parallel execution
+
+
+def default_workers(jobs: int) -> int:
+    return max(1, min(jobs, os.cpu_count() or 1))
+
+
+def default_threads(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _call(fn, args, kwargs):
+    return fn(*args, **kwargs)
+
+
+def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context) -> None:
+    """Run fn(*job, ctx) for every job: in this process if `workers` is 1, else in a process pool."""
+    if workers <= 1 or len(jobs) <= 1:
+        torch.set_num_threads(threads)
+        for job in jobs:
+            fn(*job, ctx)
+        return
+    worker_ctx = Context(**{**asdict(ctx), "bars": False})
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_call, fn, (*job, worker_ctx), {}) for job in jobs]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                raise future.exception()

@@ -1,0 +1,419 @@
+"""The training loop: train one (masked) network, evaluate on a schedule, save everything.
+
+One run = `train(...)`. It trains for a number of iterations (or epochs) on batches sliced from
+in-memory tensors in the seeded training order, evaluates validation and test loss/accuracy every
+`eval_every` iterations (and at 0 and the last), and, given an output directory, writes the run's
+files (see docs/architecture.md), checkpoints every few seconds and resumes from its checkpoint.
+
+The hot path has no per-step host synchronization: losses and correct counts go into a device
+buffer that is read once per evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lottery_ticket import paths
+from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from lottery_ticket.errors import LotteryError
+from lottery_ticket.hparams import Hparams, TrainingHparams, milestones
+from lottery_ticket.lock import RunLock
+from lottery_ticket.masking import Masks, apply_masks, check_masks, full_masks, gradient_mask_pairs, mask_gradients
+from lottery_ticket.store import load_tensors, read_json, save_tensors, state_dict_copy, write_json, write_text_atomic
+
+EVAL_BATCH = 10_000
+METRIC_COLUMNS = ("iteration", "split", "loss", "accuracy")
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class TrainingDiverged(LotteryError):
+    """The training loss became NaN or infinite; the run was stopped with its files kept."""
+
+
+@dataclass
+class TrainResult:
+    initial: dict[str, torch.Tensor]  # state dict before training (masks applied)
+    final: dict[str, torch.Tensor]  # state dict after training
+    rewind: dict[str, torch.Tensor] | None  # state dict at the rewind iteration (late rewinding)
+    metrics: list[tuple[int, str, float, float]] = field(default_factory=list)
+    resumed_from: int = 0  # iteration the run continued from (0 if it started fresh)
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    import lottery_ticket
+
+    return {
+        "lottery_ticket": lottery_ticket.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def total_iterations(t: TrainingHparams, num_train: int, batch_size: int) -> int:
+    if t.epochs > 0:
+        from lottery_ticket.data.order import batches_per_epoch
+
+        return t.epochs * batches_per_epoch(num_train, batch_size)
+    return t.iterations
+
+
+def learning_rate(t: TrainingHparams, iteration: int) -> float:
+    """The learning rate for the step taken at `iteration` (0-based): warmup, then step decay."""
+    lr = t.lr
+    if t.warmup_iterations > 0 and iteration < t.warmup_iterations:
+        lr *= (iteration + 1) / t.warmup_iterations
+    passed = sum(1 for m in milestones(t) if iteration >= m)
+    return lr * (t.lr_gamma**passed)
+
+
+def make_optimizer(model: nn.Module, t: TrainingHparams) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, foreach=True)
+    raise LotteryError(f"unknown optimizer {t.optimizer!r}")
+
+
+def autograd_step(model: nn.Module, optimizer: torch.optim.Optimizer, masks: Masks) -> StepFn:
+    """One training step for any model: forward, backward, mask gradients, optimizer update."""
+    pairs = gradient_mask_pairs(model, masks)
+    grad_pairs: list = []
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        optimizer.zero_grad(set_to_none=False)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        if not grad_pairs:
+            grad_pairs.extend((p.grad, m) for p, m in pairs)
+        mask_gradients(grad_pairs)
+        optimizer.step()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    return step
+
+
+def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, masks: Masks, fast: bool = True) -> StepFn:
+    """The fastest correct step for `model`: the hand-written fully-connected path where it applies."""
+    if fast:
+        from lottery_ticket import fast_mlp
+
+        if fast_mlp.supports(model, optimizer):
+            return fast_mlp.make_step(model, optimizer, masks)
+    return autograd_step(model, optimizer, masks)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over a whole split, in large batches."""
+    if len(y) == 0:
+        return math.nan, math.nan
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, len(y), EVAL_BATCH):
+        logits = model(x[start : start + EVAL_BATCH])
+        target = y[start : start + EVAL_BATCH]
+        loss += F.cross_entropy(logits, target, reduction="sum").double()
+        correct += (logits.argmax(1) == target).sum()
+    model.train(was_training)
+    return loss.item() / len(y), correct.item() / len(y)
+
+
+def metrics_csv(rows: list[tuple[int, str, float, float]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(METRIC_COLUMNS)
+    for iteration, split, loss, accuracy in rows:
+        writer.writerow([iteration, split, repr(float(loss)), repr(float(accuracy))])
+    return buffer.getvalue()
+
+
+def read_metrics(path: str | Path) -> list[tuple[int, str, float, float]]:
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            if tuple(header) != METRIC_COLUMNS:
+                raise LotteryError(f"corrupted metrics file {path}: unexpected header {header}")
+            return [(int(r[0]), r[1], float(r[2]), float(r[3])) for r in reader]
+    except (OSError, StopIteration, ValueError, IndexError) as e:
+        raise LotteryError(f"corrupted metrics file {path}: {e}") from None
+
+
+class _TensorBoard:
+    """Scalars under consistent tags (loss/<split>, accuracy/<split>); created lazily, resumable."""
+
+    def __init__(self, directory: Path | None, purge_step: int | None):
+        self.writer = None
+        if directory is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(directory), purge_step=purge_step)
+
+    def log(self, rows) -> None:
+        if self.writer is not None:
+            for iteration, split, loss, accuracy in rows:
+                self.writer.add_scalar(f"loss/{split}", loss, iteration)
+                self.writer.add_scalar(f"accuracy/{split}", accuracy, iteration)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def train(
+    model: nn.Module,
+    splits,
+    hp: Hparams,
+    *,
+    order_seed: int,
+    masks: Masks | None = None,
+    output_dir: str | Path | None = None,
+    run_info: dict | None = None,
+    device: str | torch.device = "cpu",
+    quiet: bool = True,
+    checkpoint_seconds: float = 30.0,
+    fast: bool = True,
+    stop_after: int | None = None,
+    start_iteration: int = 0,
+) -> TrainResult:
+    """Train `model` (already initialized/preset) with `masks` and return its weights and metrics.
+
+    With `output_dir`, the run is resumable and its files are written there; a complete run is
+    loaded instead of trained again. `stop_after` ends training early at that iteration without
+    marking the run complete (used by tests to simulate an interruption). `start_iteration` > 0
+    continues the schedule (data order, learning rate) from that iteration: late rewinding.
+    """
+    out = Path(output_dir) if output_dir is not None else None
+    record = {"hparams": hp.to_dict(), "run": run_info or {}, "versions": versions()}
+    if out is not None:
+        _check_same_run(out, record)
+        if paths.is_complete(out):
+            return load_result(out)
+        lock = RunLock(out)
+        lock.acquire()
+    else:
+        lock = None
+    try:
+        return _train(model, splits, hp, order_seed, masks, out, record, torch.device(device), quiet,
+                      checkpoint_seconds, fast, stop_after, start_iteration)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _check_same_run(out: Path, record: dict) -> None:
+    run_file = out / paths.RUN_FILE
+    if not run_file.exists():
+        return
+    old = read_json(run_file)
+    if old.get("hparams") != record["hparams"] or old.get("run") != record["run"]:
+        from lottery_ticket.hparams import Hparams as H
+        from lottery_ticket.hparams import diff
+
+        changes = diff(H.from_dict(old["hparams"]), H.from_dict(record["hparams"]))
+        changes += [f"run.{k}: {old.get('run', {}).get(k)!r} -> {v!r}" for k, v in record["run"].items()
+                    if old.get("run", {}).get(k) != v]
+        raise LotteryError(
+            f"{out} holds a run with different settings ({'; '.join(changes) or 'run identity differs'}); "
+            "use another --output-dir or delete it"
+        )
+
+
+def load_result(out: str | Path) -> TrainResult:
+    """The result of a complete run, read back from its files."""
+    out = Path(out)
+    rewind_file = out / paths.REWIND
+    return TrainResult(
+        initial=load_tensors(out / paths.INITIAL),
+        final=load_tensors(out / paths.FINAL),
+        rewind=load_tensors(rewind_file) if rewind_file.exists() else None,  # None: rewind to initial
+        metrics=read_metrics(out / paths.METRICS),
+    )
+
+
+def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, checkpoint_seconds, fast, stop_after, start_iteration):
+    from lottery_ticket.data.order import TrainingOrder
+
+    t = hp.training
+    model.to(device)
+    masks = full_masks(model) if masks is None else {k: v.to(torch.float32) for k, v in masks.items()}
+    check_masks(masks, model)
+    masks = {k: v.to(device) for k, v in masks.items()}
+    apply_masks(model, masks)
+
+    train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
+    validation = (splits.validation_x.to(device), splits.validation_y.to(device))
+    test = (splits.test_x.to(device), splits.test_y.to(device))
+    total = total_iterations(t, len(train_y), hp.dataset.batch_size)
+    if t.rewind_iteration > total:
+        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {total} training iterations")
+    order = TrainingOrder(len(train_y), hp.dataset.batch_size, order_seed)
+    augment = None
+    if hp.dataset.augment:
+        from lottery_ticket.data import augment_batch
+
+        augment = augment_batch
+
+    optimizer = make_optimizer(model, t)
+    step = make_step(model, optimizer, masks, fast=fast)
+
+    initial = state_dict_copy(model)
+    rewind = initial if t.rewind_iteration == 0 else None
+    rows: list[tuple[int, str, float, float]] = []
+    start = first = start_iteration
+    if not 0 <= start_iteration < total:
+        raise LotteryError(f"start iteration {start_iteration} must be in [0, {total})")
+    checkpoint_dir = out / paths.CHECKPOINT if out is not None else None
+    if out is not None:
+        if has_checkpoint(checkpoint_dir):
+            start, extra, loop_buffers = load_checkpoint(checkpoint_dir, model, optimizer)
+            rows = [tuple(r) for r in extra["metrics"]]
+            initial = load_tensors(out / paths.INITIAL)
+            if t.rewind_iteration > 0 and (out / paths.REWIND).exists():
+                rewind = load_tensors(out / paths.REWIND)
+        else:
+            write_json(out / paths.RUN_FILE, record)
+            save_tensors(out / paths.MASKS, masks)
+            save_tensors(out / paths.INITIAL, initial)
+    tensorboard = _TensorBoard(out / paths.TENSORBOARD if out is not None else None, purge_step=start if start > first else None)
+
+    schedule = bool(t.warmup_iterations or milestones(t))
+    window_loss = torch.zeros(t.eval_every, dtype=torch.float32, device=device)
+    window_correct = torch.zeros(t.eval_every, dtype=torch.int64, device=device)
+    if start > first:  # resumed: the training-batch statistics since the last evaluation
+        window_loss.copy_(loop_buffers["window_loss"])
+        window_correct.copy_(loop_buffers["window_correct"])
+    batch_size = hp.dataset.batch_size
+
+    def log_evaluation(iteration: int, window: int) -> list:
+        new = []
+        if window > 0:
+            losses = window_loss[:window]
+            finite = torch.isfinite(losses)
+            if not bool(finite.all()):
+                bad = iteration - window + int(torch.nonzero(~finite)[0].item()) + 1
+                raise _Diverged(bad)
+            new.append((iteration, "train_batch", losses.double().mean().item(),
+                        window_correct[:window].sum().item() / (window * batch_size)))
+        for split, (x, y) in (("validation", validation), ("test", test)):
+            loss, accuracy = evaluate(model, x, y)
+            new.append((iteration, split, loss, accuracy))
+        if iteration == total:
+            loss, accuracy = evaluate(model, train_x, train_y)
+            new.append((iteration, "train", loss, accuracy))
+        return new
+
+    def write_progress(iteration: int) -> None:
+        if out is None:
+            return
+        save_checkpoint(checkpoint_dir, model, optimizer, iteration, {"metrics": rows},
+                        {"window_loss": window_loss, "window_correct": window_correct})
+        write_text_atomic(out / paths.METRICS, metrics_csv(rows))
+        if tensorboard.writer is not None:
+            tensorboard.writer.flush()
+
+    bar = None
+    if not quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, desc=str(out or "train"), unit="it", dynamic_ncols=True,
+                   leave=False, file=sys.stderr, disable=None)  # no bar when stderr is not a terminal
+
+    model.train()
+    if start == first:
+        rows.extend(log_evaluation(start, 0))
+        tensorboard.log(rows)
+    last_checkpoint = time.monotonic()
+    # batches trained since the last evaluation (evaluations fall on multiples of eval_every)
+    iteration, window = start, start - max(first, start - start % t.eval_every)
+    end = total if stop_after is None else min(total, stop_after)
+    try:
+        while iteration < end:
+            if schedule:
+                lr = learning_rate(t, iteration)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            index = order.batch(iteration)
+            x, y = train_x[index], train_y[index]
+            if augment is not None:
+                x = augment(x, seed=order_seed * 1_000_003 + iteration)
+            loss, correct = step(x, y)
+            window_loss[window] = loss
+            window_correct[window] = correct
+            window += 1
+            iteration += 1
+            if iteration == t.rewind_iteration and t.rewind_iteration > 0:
+                rewind = state_dict_copy(model)
+                if out is not None:
+                    save_tensors(out / paths.REWIND, rewind)
+            if iteration % t.eval_every == 0 or iteration == total:
+                new = log_evaluation(iteration, window)
+                rows.extend(new)
+                tensorboard.log(new)
+                window = 0
+                if bar is not None:
+                    bar.update(iteration - bar.n)
+                    named = {s: (lo, a) for _, s, lo, a in new}
+                    bar.set_postfix(loss=f"{named['validation'][0]:.4f}", test_acc=f"{named['test'][1]:.4f}",
+                                    refresh=False)
+                if out is not None and time.monotonic() - last_checkpoint >= checkpoint_seconds and iteration < total:
+                    write_progress(iteration)
+                    last_checkpoint = time.monotonic()
+    except _Diverged as d:
+        where = "no checkpoint was written"
+        if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+            where = f"last good checkpoint in {checkpoint_dir}"
+        if out is not None:
+            write_text_atomic(out / paths.METRICS, metrics_csv(rows))
+        tensorboard.close()
+        raise TrainingDiverged(
+            f"training loss became NaN or infinite at iteration {d.iteration}; "
+            f"metrics up to iteration {rows[-1][0] if rows else 0} kept"
+            + (f" in {out / paths.METRICS}" if out is not None else "") + f"; {where}"
+        ) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+    final = state_dict_copy(model)
+    if iteration < total:  # stopped early on purpose (stop_after): leave a resumable state
+        write_progress(iteration)
+        tensorboard.close()
+        return TrainResult(initial, final, rewind, rows, start)
+    tensorboard.close()
+    if out is not None:
+        write_text_atomic(out / paths.METRICS, metrics_csv(rows))
+        save_tensors(out / paths.FINAL, final)
+        write_json(out / paths.COMPLETE, {"iterations": total, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(checkpoint_dir)
+    return TrainResult(initial, final, rewind, rows, start)
+
+
+class _Diverged(Exception):
+    def __init__(self, iteration: int):
+        self.iteration = iteration

@@ -1,0 +1,45 @@
+"""Shared fixtures: small synthetic datasets and the location of the real data."""
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+
+def real_data_root() -> Path | None:
+    """$LTH_DATA (CI sets it to ../shared/data), else the shared copy next to the checkout."""
+    candidates = [os.environ.get("LTH_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]
+    for c in candidates:
+        if c and (Path(c) / "mnist").is_dir():
+            return Path(c).resolve()
+    return None
+
+
+@pytest.fixture
+def mnist_root() -> Path:
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real MNIST not found: set LTH_DATA")
+    return root
+
+
+def synthetic_splits(n_train=1200, n_val=300, n_test=300, shape=(1, 28, 28), classes=10, seed=0):
+    """A learnable toy problem: the label is the argmax of the first `classes` input values."""
+    g = torch.Generator().manual_seed(seed)
+
+    def make(n):
+        x = torch.randn(n, *shape, generator=g)
+        return x, x.flatten(1)[:, :classes].argmax(1)
+
+    tx, ty = make(n_train)
+    vx, vy = make(n_val)
+    sx, sy = make(n_test)
+    return SimpleNamespace(train_x=tx, train_y=ty, validation_x=vx, validation_y=vy, test_x=sx,
+                           test_y=sy, num_classes=classes, input_shape=shape, name="synthetic")
+
+
+@pytest.fixture
+def splits():
+    return synthetic_splits()
