@@ -6,6 +6,7 @@ from lottery_ticket import hparams as H
 from lottery_ticket.cli import build_parser
 from lottery_ticket.errors import LotteryError
 
+
 def parse(*argv):
     return build_parser().parse_args(["train", "--output-dir", "x", *argv])
 
@@ -40,7 +41,7 @@ def test_flags_override_the_preset_and_unset_flags_keep_it():
 
 def test_every_hyperparameter_has_a_flag_in_help():
     text = build_parser()._subparsers._group_actions[0].choices["lottery"].format_help()
-    for section, cls in H.SECTIONS.items():
+    for _section, cls in H.SECTIONS.items():
         for f in fields(cls):
             assert H.flag_name(f.name) in text, f.name
 

@@ -27,8 +27,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> N
                    help="fail instead of downloading missing dataset files")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     g.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
-    g.add_argument("--checkpoint-seconds", type=float, default=30.0,
-                   help="write a resumable checkpoint after this many seconds of training (default: 30)")
+    g.add_argument("--checkpoint-seconds", type=float, default=10.0,
+                   help="write a resumable checkpoint after this many seconds of training (default: 10)")
     g.add_argument("--no-fast", dest="fast", action="store_false",
                    help="use the general autograd training step even where the fast path applies")
     if parallel:

@@ -51,7 +51,7 @@ class Context:
     device: str = "cpu"
     quiet: bool = False  # no output at all
     bars: bool = True  # a progress bar per run (off in worker processes)
-    checkpoint_seconds: float = 30.0
+    checkpoint_seconds: float = 10.0
     fast: bool = True
     download: bool = True  # fetch missing dataset files from the public mirrors
 
@@ -105,10 +105,10 @@ def pruner(hp: Hparams, model: torch.nn.Module):
 def report_run(out: Path, result, started: float, ctx: Context) -> None:
     if ctx.quiet:
         return
+    import pandas as pd
+
     from lottery_ticket.analysis.early_stopping import early_stopping
     from lottery_ticket.masking import density
-
-    import pandas as pd
 
     es = early_stopping(pd.DataFrame(result.metrics, columns=["iteration", "split", "loss", "accuracy"]))
     pm = 100 * density(load_tensors(out / paths.MASKS))

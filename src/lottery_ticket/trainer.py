@@ -32,8 +32,22 @@ from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_chec
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams, TrainingHparams, milestones
 from lottery_ticket.lock import RunLock
-from lottery_ticket.masking import Masks, apply_masks, check_masks, full_masks, gradient_mask_pairs, mask_gradients
-from lottery_ticket.store import load_tensors, read_json, save_tensors, state_dict_copy, write_json, write_text_atomic
+from lottery_ticket.masking import (
+    Masks,
+    apply_masks,
+    check_masks,
+    full_masks,
+    gradient_mask_pairs,
+    mask_gradients,
+)
+from lottery_ticket.store import (
+    load_tensors,
+    read_json,
+    save_tensors,
+    state_dict_copy,
+    write_json,
+    write_text_atomic,
+)
 
 EVAL_BATCH = 10_000
 METRIC_COLUMNS = ("iteration", "split", "loss", "accuracy")
@@ -195,7 +209,7 @@ def train(
     run_info: dict | None = None,
     device: str | torch.device = "cpu",
     quiet: bool = True,
-    checkpoint_seconds: float = 30.0,
+    checkpoint_seconds: float = 10.0,
     fast: bool = True,
     stop_after: int | None = None,
     start_iteration: int = 0,

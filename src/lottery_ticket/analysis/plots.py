@@ -367,7 +367,7 @@ def _zoom_to_top(ax, curves: list[np.ndarray]) -> None:
 
 def _thousands(value: float, _pos=None) -> str:
     if abs(value) >= 1000:
-        text = f"{value / 1000:.1f}".rstrip("0").rstrip(".")
+        text = f"{value / 1000:.3f}".rstrip("0").rstrip(".")  # 1250 -> 1.25K, not 1.2K
         return f"{text}K"
     return f"{value:.0f}"
 

@@ -14,7 +14,7 @@ class FullyConnected(nn.Module):
     def __init__(self, in_features: int, hidden: list[int], num_classes: int):
         super().__init__()
         widths = [in_features, *hidden]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=False))
         self.output = nn.Linear(widths[-1], num_classes)
 
     def linears(self) -> list[nn.Linear]:
