@@ -47,7 +47,7 @@ def lenet(seed: int = 0) -> torch.nn.Module:
 def lenet_flops_per_step(batch: int, widths=(784, 300, 100, 10)) -> int:
     """Multiply-adds x 2 of one training step: forward (x W^T), weight gradients (g^T h) and input
     gradients (g W) for every layer but the first (the data needs no gradient)."""
-    pairs = list(zip(widths[:-1], widths[1:]))
+    pairs = list(zip(widths[:-1], widths[1:], strict=False))
     forward = sum(2 * batch * a * b for a, b in pairs)
     weight_grads = forward
     input_grads = sum(2 * batch * a * b for a, b in pairs[1:])

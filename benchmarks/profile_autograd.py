@@ -13,8 +13,8 @@ import time
 from dataclasses import replace
 
 import torch
-
 from benchmarks_common import lenet, load_splits
+
 from lottery_ticket import trainer
 from lottery_ticket.hparams import preset_hparams
 

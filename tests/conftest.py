@@ -8,6 +8,13 @@ import pytest
 import torch
 
 
+# One thread per test process: the suite runs under `pytest -n 2` on 2 cores, and oversubscribed
+# OpenMP threads make small matrix products 10-100x slower. Subprocesses inherit the variables.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+
 def real_data_root() -> Path | None:
     """$LTH_DATA (CI sets it to ../shared/data), else the shared copy next to the checkout."""
     candidates = [os.environ.get("LTH_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]

@@ -13,7 +13,7 @@ from lottery_ticket.masking import density
 from lottery_ticket.store import load_tensors, save_tensors
 from lottery_ticket.trainer import read_metrics
 
-SHORT = ["--iterations", "200", "--eval-every", "100", "--quiet"]
+SHORT = ["--iterations", "200", "--eval-every", "100", "--quiet", "--threads", "1"]
 
 
 def lth(*argv) -> int:
@@ -30,7 +30,7 @@ def lottery(tmp_path_factory):
         pytest.skip("real MNIST not found: set LTH_DATA")
     exp = tmp_path_factory.mktemp("exp") / "lenet"
     code = lth("lottery", "--preset", "paper", "--levels", 3, "--iterations", 2000, "--output-dir", exp,
-               "--data-root", root, "--quiet", "--workers", 1)
+               "--data-root", root, "--quiet", "--workers", 1, "--threads", 1)
     assert code == 0
     return exp, root
 
@@ -100,7 +100,7 @@ def test_controls_use_the_ticket_masks(lottery, control):
     exp, root = lottery
     # control runs use the experiment's hyperparameters (2,000 iterations here)
     assert lth("reinit", "--experiment", exp, "--control", control, "--levels", "2", "--runs", 1,
-               "--data-root", root, "--quiet", "--workers", 1) == 0
+               "--data-root", root, "--quiet", "--workers", 1, "--threads", 1) == 0
     run = paths.run_dir(exp, 0, 2, control, 0)
     assert paths.is_complete(run)
     ticket_masks = load_tensors(paths.run_dir(exp, 0, 2) / paths.MASKS)

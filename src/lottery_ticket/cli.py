@@ -31,11 +31,14 @@ def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> N
                    help="write a resumable checkpoint after this many seconds of training (default: 10)")
     g.add_argument("--no-fast", dest="fast", action="store_false",
                    help="use the general autograd training step even where the fast path applies")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: cores / workers)")
     if parallel:
+        g.add_argument("--batched", action="store_true",
+                       help="train the runs (trials of a level, or control runs) as one batched computation "
+                            "in one process: fully-connected models only; the big win is on a GPU")
         g.add_argument("--workers", type=int, default=None,
                        help="parallel worker processes (default: one per core, at most one per job)")
-        g.add_argument("--threads", type=int, default=None,
-                       help="torch threads per worker (default: cores / workers)")
 
 
 def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
@@ -141,7 +144,11 @@ def _check_device(device: str) -> None:
     except RuntimeError:
         raise LotteryError(f"unknown device {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise LotteryError("--device cuda was given but no CUDA GPU is available")
+        raise LotteryError(f"--device {device} was given but no CUDA GPU is available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise LotteryError(f"--device {device} was given but this machine has {count} CUDA GPU(s) "
+                           f"(cuda:0 to cuda:{count - 1})")
 
 
 def _workers(args, jobs: int) -> tuple[int, int]:
@@ -170,7 +177,10 @@ def cmd_train(args) -> None:
     presets = load_tensors(args.presets) if args.presets else None
     model = new_model(hp, splits, seeds["model"], presets)
     masks = load_masks(args.masks if len(args.masks or []) != 1 else args.masks[0]) if args.masks else None
-    torch.set_num_threads(torch.get_num_threads())
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LotteryError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     result = train(
         model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
         run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
@@ -189,12 +199,24 @@ def cmd_lottery(args) -> None:
     hp = hparams_from_args(args)
     if args.levels < 0 or args.trials < 1:
         raise LotteryError("--levels must be >= 0 and --trials >= 1")
+    t = hp.training
+    if args.levels > 0 and t.epochs == 0 and t.rewind_iteration >= t.iterations > 0:
+        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} must be less than --iterations "
+                           f"{t.iterations}: levels after 0 train from the rewind iteration")
     ctx = _context(args)
     _check_device(ctx.device)
     prepare_experiment(args.output_dir, hp, args.seed)
-    workers, threads = _workers(args, args.trials)
-    jobs = [(args.output_dir, hp.to_dict(), args.seed, trial, args.levels) for trial in range(args.trials)]
-    run_jobs(lottery_trial, jobs, workers, threads, ctx)
+    if args.batched:
+        import torch
+
+        from lottery_ticket.runner import lottery_batched
+
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        lottery_batched(args.output_dir, hp.to_dict(), args.seed, list(range(args.trials)), args.levels, ctx)
+    else:
+        workers, threads = _workers(args, args.trials)
+        jobs = [(args.output_dir, hp.to_dict(), args.seed, trial, args.levels) for trial in range(args.trials)]
+        run_jobs(lottery_trial, jobs, workers, threads, ctx)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
@@ -212,8 +234,16 @@ def cmd_reinit(args) -> None:
     ctx = _context(args)
     _check_device(ctx.device)
     jobs = control_jobs(args.experiment, args.control, parse_levels(args.levels), args.runs)
-    workers, threads = _workers(args, len(jobs))
-    run_jobs(control_run, jobs, workers, threads, ctx)
+    if args.batched:
+        import torch
+
+        from lottery_ticket.runner import control_runs_batched
+
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+        control_runs_batched(jobs, ctx)
+    else:
+        workers, threads = _workers(args, len(jobs))
+        run_jobs(control_run, jobs, workers, threads, ctx)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 

@@ -1,34 +1,39 @@
 """Hand-written forward/backward for fully-connected networks (the hot path of LeNet experiments).
 
 For a `FullyConnected` model (Linear+ReLU hidden layers, then a Linear output layer) one training
-step is a handful of matrix products. Autograd, module calls and the generic loss add a lot of
-per-step overhead at batch 60 (see benchmarks/PROFILE.md), so this module does the same arithmetic
-by hand:
+step is a handful of matrix products. Autograd's graph building, module calls and per-op
+allocations are a large share of a step at batch 60 (see benchmarks/PROFILE.md), so this module
+runs the same kernels by hand:
 
 * forward with `torch.addmm(..., out=)` into preallocated activation buffers, ReLU in place;
-* softmax-cross-entropy gradient in closed form, `(softmax - onehot) / batch`;
-* weight and bias gradients written straight into each parameter's `.grad` (`out=` variants);
-  no gradient is computed for the input (the data needs none);
+* the cross-entropy gradient w.r.t. the logits, (softmax - onehot) / batch, through the same
+  aten backward functions autograd calls for F.cross_entropy;
+* weight and bias gradients written straight into each parameter's `.grad` (`out=` variants),
+  in autograd's formulation (g^T h for weights, g W for activations, threshold_backward for
+  ReLU); no gradient is computed for the input (the data needs none);
 * `masking.mask_gradients` on (grad, mask) pairs -- the one place masks touch gradients;
 * `optimizer.step()` of the caller's own torch optimizer, so its state dict, checkpoints and
   resume stay exactly those of the general path.
 
-The weights stay the model's own Parameters (state dicts, checkpoints and evaluation keep
-working). The step never synchronizes with the host: loss and correct count are returned as
-device tensors.
+Because every kernel and its operands match autograd's, a step is bitwise identical to
+`trainer.autograd_step` (tests/test_fast_mlp.py). The weights stay the model's own Parameters
+(state dicts, checkpoints and evaluation keep working). The step never synchronizes with the
+host: loss and correct count are returned as device tensors.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lottery_ticket.masking import Masks, gradient_mask_pairs, mask_gradients
 from lottery_ticket.models.fc import FullyConnected
 
 SUPPORTED_OPTIMIZERS = (torch.optim.Adam, torch.optim.SGD)
 _relu_backward = torch.ops.aten.threshold_backward.grad_input
+_nll_forward = torch.ops.aten.nll_loss_forward.default
+_nll_backward = torch.ops.aten.nll_loss_backward.default
+_log_softmax_backward = torch.ops.aten._log_softmax_backward_data.default
 
 
 def _has_hooks(model: nn.Module) -> bool:
@@ -66,8 +71,7 @@ class _Buffers:
         self.hidden = [new(w) for w in widths[1:-1]]  # post-ReLU activations, one per hidden layer
         self.logits = new(widths[-1])
         self.grads = [new(w) for w in widths[1:-1]]  # gradient w.r.t. each hidden activation
-        self.scale = 1.0 / batch  # d(mean loss)/d(per-example loss)
-        self.minus_one = torch.full((batch, 1), -1.0, dtype=torch.float32, device=device)
+        self.one = torch.ones((), dtype=torch.float32, device=device)  # d loss / d loss
 
 
 def make_step(model: FullyConnected, optimizer: torch.optim.Optimizer, masks: Masks):
@@ -97,19 +101,19 @@ def make_step(model: FullyConnected, optimizer: torch.optim.Optimizer, masks: Ma
             b = buffers[batch] = _Buffers(batch, widths, x.device)
         h = x.reshape(batch, -1)
         inputs = [h]  # the input of each layer
-        for W, bias, out in zip(weights[:-1], biases[:-1], b.hidden, strict=False):
+        for W, bias, out in zip(weights[:-1], biases[:-1], b.hidden, strict=True):
             h = torch.relu_(torch.addmm(bias, h, W.t(), out=out))
             inputs.append(h)
         logits = torch.addmm(biases[-1], h, weights[-1].t(), out=b.logits)
 
-        # Mean cross-entropy exactly as F.cross_entropy computes it (log_softmax, then nll_loss),
-        # and its gradient w.r.t. the logits: (softmax - onehot) / batch.
+        # Mean cross-entropy and its gradient w.r.t. the logits with the very kernels autograd
+        # runs for F.cross_entropy (log_softmax + nll_loss and their backward functions), so the
+        # gradient is bitwise autograd's, (softmax - onehot) / batch.
         log_probs = torch.log_softmax(logits, 1)
-        loss = F.nll_loss(log_probs, y)
+        loss, total_weight = _nll_forward(log_probs, y, None, 1, -100)  # 1: mean reduction
         correct = (logits.argmax(1) == y).sum()
-        g = log_probs.exp_()
-        g.scatter_add_(1, y.unsqueeze(1), b.minus_one)
-        g.mul_(b.scale)
+        g = _log_softmax_backward(_nll_backward(b.one, log_probs, y, None, 1, -100, total_weight),
+                                  log_probs, 1, torch.float32)
 
         grads = [grad_of(p) for p in params]
         for i in range(len(layers) - 1, -1, -1):

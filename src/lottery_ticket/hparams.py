@@ -281,6 +281,19 @@ def validate(hp: Hparams) -> None:
         raise LotteryError(f"--batch-size must be >= 1, got {d.batch_size}")
     if d.validation_size < 0:
         raise LotteryError(f"--validation-size must be >= 0, got {d.validation_size}")
+    # checked here, before anything is written, not first when the dataset is loaded or trained on
+    from lottery_ticket.data.datasets import TRAIN_SIZES
+
+    images = TRAIN_SIZES[d.dataset]
+    if d.validation_size >= images:
+        raise LotteryError(
+            f"--validation-size must be less than the {images} {d.dataset} training images, got {d.validation_size}"
+        )
+    if d.batch_size > images - d.validation_size:
+        raise LotteryError(
+            f"--batch-size {d.batch_size} is larger than the training set "
+            f"({images} {d.dataset} training images - {d.validation_size} validation = {images - d.validation_size})"
+        )
     if t.optimizer not in ("adam", "sgd"):
         raise LotteryError(f"unknown optimizer {t.optimizer!r}; choose adam or sgd")
     if not t.lr > 0:
@@ -292,6 +305,8 @@ def validate(hp: Hparams) -> None:
     for name in ("momentum", "weight_decay", "warmup_iterations", "rewind_iteration", "epochs"):
         if getattr(t, name) < 0:
             raise LotteryError(f"{flag_name(name)} must be >= 0, got {getattr(t, name)}")
+    if t.epochs == 0 and t.rewind_iteration > t.iterations:
+        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {t.iterations} training iterations")
     milestones(t)
     if p.strategy not in ("layerwise", "global"):
         raise LotteryError(f"unknown pruning strategy {p.strategy!r}; choose layerwise or global")

@@ -1,7 +1,8 @@
 """One writer per run: an exclusive lock file naming its holder (host and process id).
 
 The lock is a file created with O_EXCL. A second process fails at once with the holder's name.
-A lock left by a dead process on this host is stale: it is removed and taken over.
+A lock left by a dead process on this host is stale: it is removed and taken over, and so is an
+empty or unreadable lock file older than STALE_SECONDS (a crash between creating and writing it).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ import contextlib
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.store import _user_io_errors
 
 LOCK_NAME = ".lock"
+STALE_SECONDS = 5.0  # an empty or unreadable lock file older than this was left by a crash
 
 
 def _pid_alive(pid: int) -> bool:
@@ -33,39 +37,59 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _user_io_errors(self.path.parent, "create directory"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid()}
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with _user_io_errors(self.path, "write"):
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._read_holder()
                 if holder is None:
+                    if self._age() > STALE_SECONDS:  # empty or garbage for a while: a crashed writer
+                        with contextlib.suppress(FileNotFoundError):
+                            self.path.unlink()
                     continue  # being written or removed right now: look again
                 if holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1))):
                     with contextlib.suppress(FileNotFoundError):
                         self.path.unlink()  # stale: its process is gone
                     continue
                 if holder == me:
-                    raise LotteryError(f"{self.path.parent} is already locked by this process")
+                    raise LotteryError(f"{self.path.parent} is already locked by this process") from None
                 raise LotteryError(
                     f"{self.path.parent} is being written by another process "
                     f"(host {holder.get('host')}, pid {holder.get('pid')}); "
                     f"if that process is gone, delete {self.path}"
-                )
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-                f.flush()
-                os.fsync(f.fileno())
+                ) from None
+            try:
+                with _user_io_errors(self.path, "write"), os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:  # e.g. disk full: leave no empty lock file behind
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                raise
             self.held = True
             return
         raise LotteryError(f"could not lock {self.path.parent}: the lock file keeps changing")
 
     def _read_holder(self) -> dict | None:
+        """The holder's {"host", "pid"}, or None if the file is gone, empty or not such a record."""
         try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            holder = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):  # ValueError: bad JSON or not UTF-8
             return None
+        if not isinstance(holder, dict) or type(holder.get("pid")) is not int:
+            return None
+        return holder
+
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def release(self) -> None:
         if self.held:

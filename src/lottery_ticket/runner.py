@@ -26,7 +26,15 @@ from lottery_ticket.hparams import Hparams, diff, never_prune
 from lottery_ticket.masking import apply_presets, layer_kinds
 from lottery_ticket.pruning import layer_fractions, prune_global, prune_layerwise
 from lottery_ticket.store import load_tensors, read_json, write_json
-from lottery_ticket.trainer import train, versions
+from lottery_ticket.trainer import (
+    check_same_run,
+    load_result,
+    run_record,
+    total_iterations,
+    train,
+    versions,
+    write_run,
+)
 
 
 def derive_seed(*parts) -> int:
@@ -140,7 +148,7 @@ def prepare_experiment(exp_dir: str | Path, hp: Hparams, seed: int) -> None:
                 "use another --output-dir, or the same flags to resume it"
             )
         return
-    if exp_dir.exists() and any(p for p in exp_dir.iterdir() if not p.name.startswith(".")):
+    if exp_dir.exists() and (not exp_dir.is_dir() or any(p for p in exp_dir.iterdir() if not p.name.startswith("."))):
         raise LotteryError(f"{exp_dir} exists and is not a lottery_ticket experiment; choose an empty or new directory")
     write_json(record_file, {"kind": "lottery", "hparams": hp.to_dict(), "seed": seed, "versions": versions()})
 
@@ -175,8 +183,21 @@ def lottery_trial(exp_dir: str, hp_dict: dict, seed: int, trial: int, levels: in
     experiment(make_dataset, make_model, train_model, prune_masks, levels)
 
 
-def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: int, ctx: Context) -> None:
-    """One control run trained with the masks of the ticket at (trial, level)."""
+@dataclass
+class ControlSetup:
+    """Everything one control run needs before training."""
+
+    hp: Hparams
+    splits: object
+    model: torch.nn.Module
+    masks: dict
+    order_seed: int
+    out: Path
+    run_info: dict
+
+
+def prepare_control(exp_dir: str, control: str, trial: int, level: int, run_index: int, ctx: Context) -> ControlSetup:
+    """The network, masks and seeds of one control run for the ticket at (trial, level)."""
     record = read_json(Path(exp_dir) / paths.EXPERIMENT_FILE)
     hp, seed = Hparams.from_dict(record["hparams"]), record["seed"]
     seeds = trial_seeds(seed, trial)
@@ -189,18 +210,97 @@ def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: i
     splits = load_splits(hp, ctx, seeds["labels"])
     fresh = new_model(hp, splits, run_seed).state_dict()
     weights, run_masks = control_init(control, original, fresh, masks, run_seed)
-    model = new_model(hp, splits, run_seed, presets=weights)
-    out = paths.run_dir(exp_dir, trial, level, control, run_index)
-    started = time.time()
     # Controls train from iteration 0 with the full schedule: there is no rewinding to compare.
     control_hp = hp if hp.training.rewind_iteration == 0 else _without_rewind(hp)
-    result = train(
-        model, splits, control_hp, order_seed=seeds["order"], masks=run_masks, output_dir=out,
+    return ControlSetup(
+        hp=control_hp, splits=splits, model=new_model(hp, splits, run_seed, presets=weights), masks=run_masks,
+        order_seed=seeds["order"], out=paths.run_dir(exp_dir, trial, level, control, run_index),
         run_info={"trial": trial, "level": level, "control": control, "run_index": run_index,
                   "seeds": {**seeds, "control": run_seed}},
+    )
+
+
+def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: int, ctx: Context) -> None:
+    """One control run trained with the masks of the ticket at (trial, level)."""
+    c = prepare_control(exp_dir, control, trial, level, run_index, ctx)
+    started = time.time()
+    result = train(
+        c.model, c.splits, c.hp, order_seed=c.order_seed, masks=c.masks, output_dir=c.out, run_info=c.run_info,
         device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
     )
-    report_run(out, result, started, ctx)
+    report_run(c.out, result, started, ctx)
+
+
+def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
+    """All control runs in `jobs` as one batched computation (fully-connected models; same data)."""
+    from lottery_ticket.batched import train_batched
+
+    setups = [prepare_control(*job, ctx) for job in jobs]
+    if setups and setups[0].hp.dataset.permute_labels and len({c.run_info["trial"] for c in setups}) > 1:
+        raise LotteryError("--batched trains all runs on the same labels; trials with --permute-labels differ")
+    todo = []
+    for c in setups:
+        record = run_record(c.hp, c.run_info)
+        check_same_run(c.out, record)
+        if not paths.is_complete(c.out):
+            todo.append((c, record))
+    if not todo:
+        return
+    started = time.time()
+    first = todo[0][0]
+    results = train_batched([c.model for c, _ in todo], first.splits, first.hp, [c.order_seed for c, _ in todo],
+                            [c.masks for c, _ in todo], ctx.device)
+    total = total_iterations(first.hp.training, len(first.splits.train_y), first.hp.dataset.batch_size)
+    for (c, record), result in zip(todo, results, strict=True):
+        write_run(c.out, record, c.masks, result, total)
+        report_run(c.out, result, started, ctx)
+
+
+def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], levels: int, ctx: Context) -> None:
+    """Trials 0..T-1 level by level, each level's trials trained as one batched computation.
+
+    The same seeds and files as `lottery_trial`; results equal to float32 rounding. Resumes at
+    level granularity: complete runs are loaded, an interrupted level is trained again.
+    """
+    from lottery_ticket.batched import train_batched
+    from lottery_ticket.masking import full_masks
+
+    hp = Hparams.from_dict(hp_dict)
+    if hp.dataset.permute_labels:
+        raise LotteryError("--batched trains all trials on the same labels; it cannot be combined with --permute-labels")
+    seeds = {t: trial_seeds(seed, t) for t in trials}
+    splits = load_splits(hp, ctx, None)
+    total = total_iterations(hp.training, len(splits.train_y), hp.dataset.batch_size)
+    prune_masks = pruner(hp, new_model(hp, splits, 0))
+    masks, reset, final = {}, {}, {}
+    for level in range(levels + 1):
+        todo = []
+        for t in trials:
+            model = new_model(hp, splits, seeds[t]["model"], reset.get(t))
+            masks[t] = full_masks(model) if level == 0 else prune_masks(masks[t], final[t])
+            out = paths.run_dir(exp_dir, t, level)
+            record = run_record(hp, {"trial": t, "level": level, "control": "main", "run_index": 0,
+                                     "seeds": seeds[t]})
+            check_same_run(out, record)
+            if paths.is_complete(out):
+                result = load_result(out)
+                final[t] = result.final
+                if level == 0:
+                    reset[t] = result.rewind if result.rewind is not None else result.initial
+            else:
+                todo.append((t, model, out, record))
+        if not todo:
+            continue
+        started = time.time()
+        results = train_batched([m for _, m, _, _ in todo], splits, hp, [seeds[t]["order"] for t, *_ in todo],
+                                [masks[t] for t, *_ in todo], ctx.device,
+                                start_iteration=hp.training.rewind_iteration if level > 0 else 0)
+        for (t, _, out, record), result in zip(todo, results, strict=True):
+            write_run(out, record, masks[t], result, total)
+            report_run(out, result, started, ctx)
+            final[t] = result.final
+            if level == 0:
+                reset[t] = result.rewind if result.rewind is not None else result.initial
 
 
 def _without_rewind(hp: Hparams) -> Hparams:
@@ -258,9 +358,13 @@ def _call(fn, args, kwargs):
 def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context) -> None:
     """Run fn(*job, ctx) for every job: in this process if `workers` is 1, else in a process pool."""
     if workers <= 1 or len(jobs) <= 1:
+        previous = torch.get_num_threads()
         torch.set_num_threads(threads)
-        for job in jobs:
-            fn(*job, ctx)
+        try:
+            for job in jobs:
+                fn(*job, ctx)
+        finally:
+            torch.set_num_threads(previous)
         return
     worker_ctx = Context(**{**asdict(ctx), "bars": False})
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,

@@ -30,17 +30,30 @@ def _user_io_errors(path: Path, action: str):
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise LotteryError(f"cannot {action} {path}: no space left on device") from None
-        if e.errno in (errno.EROFS, errno.EACCES):
+        if e.errno in (errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EISDIR, errno.EDQUOT) or (
+            e.errno == errno.EEXIST and action == "create directory"  # a file is in the way
+        ):
             raise LotteryError(f"cannot {action} {path}: {os.strerror(e.errno)}") from None
         raise
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    with _user_io_errors(path, "write"):
+    with _user_io_errors(path.parent, "create directory"):
         path.parent.mkdir(parents=True, exist_ok=True)
+    with _user_io_errors(path, "write"):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be readable like any file
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

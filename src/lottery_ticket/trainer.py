@@ -49,7 +49,7 @@ from lottery_ticket.store import (
     write_text_atomic,
 )
 
-EVAL_BATCH = 10_000
+EVAL_BATCH = 1_000  # small enough for conv activations; large enough to amortize overhead
 METRIC_COLUMNS = ("iteration", "split", "loss", "accuracy")
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -222,9 +222,9 @@ def train(
     continues the schedule (data order, learning rate) from that iteration: late rewinding.
     """
     out = Path(output_dir) if output_dir is not None else None
-    record = {"hparams": hp.to_dict(), "run": run_info or {}, "versions": versions()}
+    record = run_record(hp, run_info or {})
     if out is not None:
-        _check_same_run(out, record)
+        check_same_run(out, record)
         if paths.is_complete(out):
             return load_result(out)
         lock = RunLock(out)
@@ -239,7 +239,13 @@ def train(
             lock.release()
 
 
-def _check_same_run(out: Path, record: dict) -> None:
+def run_record(hp: Hparams, run_info: dict) -> dict:
+    """The contents of run.json: what a run is (hyperparameters, identity) and what ran it."""
+    return {"hparams": hp.to_dict(), "run": run_info, "versions": versions()}
+
+
+def check_same_run(out: Path, record: dict) -> None:
+    """Refuse to touch a run directory that holds a run with other settings."""
     run_file = out / paths.RUN_FILE
     if not run_file.exists():
         return
@@ -285,7 +291,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     total = total_iterations(t, len(train_y), hp.dataset.batch_size)
     if t.rewind_iteration > total:
         raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {total} training iterations")
-    order = TrainingOrder(len(train_y), hp.dataset.batch_size, order_seed)
+    order = TrainingOrder(len(train_y), hp.dataset.batch_size, order_seed, device=device)
     augment = None
     if hp.dataset.augment:
         from lottery_ticket.data import augment_batch
@@ -310,9 +316,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             if t.rewind_iteration > 0 and (out / paths.REWIND).exists():
                 rewind = load_tensors(out / paths.REWIND)
         else:
-            write_json(out / paths.RUN_FILE, record)
-            save_tensors(out / paths.MASKS, masks)
-            save_tensors(out / paths.INITIAL, initial)
+            start_run_files(out, record, masks, initial)
     tensorboard = _TensorBoard(out / paths.TENSORBOARD if out is not None else None, purge_step=start if start > first else None)
 
     schedule = bool(t.warmup_iterations or milestones(t))
@@ -335,6 +339,8 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
                         window_correct[:window].sum().item() / (window * batch_size)))
         for split, (x, y) in (("validation", validation), ("test", test)):
             loss, accuracy = evaluate(model, x, y)
+            if len(y) and not math.isfinite(loss):  # the weights themselves blew up in the last step
+                raise _Diverged(iteration)
             new.append((iteration, split, loss, accuracy))
         if iteration == total:
             loss, accuracy = evaluate(model, train_x, train_y)
@@ -358,14 +364,14 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
                    leave=False, file=sys.stderr, disable=None)  # no bar when stderr is not a terminal
 
     model.train()
-    if start == first:
-        rows.extend(log_evaluation(start, 0))
-        tensorboard.log(rows)
     last_checkpoint = time.monotonic()
     # batches trained since the last evaluation (evaluations fall on multiples of eval_every)
     iteration, window = start, start - max(first, start - start % t.eval_every)
     end = total if stop_after is None else min(total, stop_after)
     try:
+        if start == first:
+            rows.extend(log_evaluation(start, 0))
+            tensorboard.log(rows)
         while iteration < end:
             if schedule:
                 lr = learning_rate(t, iteration)
@@ -374,7 +380,8 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             index = order.batch(iteration)
             x, y = train_x[index], train_y[index]
             if augment is not None:
-                x = augment(x, seed=order_seed * 1_000_003 + iteration)
+                # modulo 2**64: torch.Generator seeds are 64-bit, the runner's order seeds 63-bit
+                x = augment(x, seed=(order_seed * 1_000_003 + iteration) % 2**64)
             loss, correct = step(x, y)
             window_loss[window] = loss
             window_correct[window] = correct
@@ -403,7 +410,6 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             where = f"last good checkpoint in {checkpoint_dir}"
         if out is not None:
             write_text_atomic(out / paths.METRICS, metrics_csv(rows))
-        tensorboard.close()
         raise TrainingDiverged(
             f"training loss became NaN or infinite at iteration {d.iteration}; "
             f"metrics up to iteration {rows[-1][0] if rows else 0} kept"
@@ -412,20 +418,47 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     finally:
         if bar is not None:
             bar.close()
+        tensorboard.close()
 
     final = state_dict_copy(model)
     if iteration < total:  # stopped early on purpose (stop_after): leave a resumable state
         write_progress(iteration)
-        tensorboard.close()
         return TrainResult(initial, final, rewind, rows, start)
-    tensorboard.close()
     if out is not None:
-        write_text_atomic(out / paths.METRICS, metrics_csv(rows))
-        save_tensors(out / paths.FINAL, final)
-        write_json(out / paths.COMPLETE, {"iterations": total, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(checkpoint_dir)
+        finish_run_files(out, rows, final, total)
     return TrainResult(initial, final, rewind, rows, start)
+
+
+def start_run_files(out: Path, record: dict, masks: Masks, initial: dict) -> None:
+    """The files a run has from its start: settings, masks, initial weights."""
+    write_json(out / paths.RUN_FILE, record)
+    save_tensors(out / paths.MASKS, masks)
+    save_tensors(out / paths.INITIAL, initial)
+
+
+def finish_run_files(out: Path, rows: list, final: dict, total: int) -> None:
+    """The files a run gets at its end; COMPLETE is written last, then the checkpoint goes."""
+    write_text_atomic(out / paths.METRICS, metrics_csv(rows))
+    save_tensors(out / paths.FINAL, final)
+    write_json(out / paths.COMPLETE, {"iterations": total, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(out / paths.CHECKPOINT)
+
+
+def write_run(out: str | Path, record: dict, masks: Masks, result: TrainResult, total: int) -> None:
+    """All files of a run trained elsewhere (e.g. batched): the same files `train` writes."""
+    out = Path(out)
+    check_same_run(out, record)
+    with RunLock(out):
+        if paths.is_complete(out):  # another process finished it meanwhile
+            return
+        start_run_files(out, record, masks, result.initial)
+        if result.rewind is not None and record["hparams"]["training"]["rewind_iteration"] > 0:
+            save_tensors(out / paths.REWIND, result.rewind)
+        board = _TensorBoard(out / paths.TENSORBOARD, purge_step=None)
+        board.log(result.metrics)
+        board.close()
+        finish_run_files(out, result.metrics, result.final, total)
 
 
 class _Diverged(Exception):

@@ -25,12 +25,18 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class TrainingOrder:
-    """Yields the example indices of each iteration's batch, caching one epoch at a time."""
+    """Yields the example indices of each iteration's batch, caching one epoch at a time.
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int):
+    The permutation is drawn on the CPU (the same order on every device) and copied to `device`
+    once per epoch, so indexing data that lives on a GPU needs no host-to-device copy (and no
+    synchronization) per step.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, device: str | torch.device = "cpu"):
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
+        self.device = torch.device(device)
         self.per_epoch = batches_per_epoch(num_examples, batch_size)
         self._epoch = -1
         self._perm = None
@@ -38,7 +44,7 @@ class TrainingOrder:
     def batch(self, iteration: int) -> torch.Tensor:
         epoch, position = divmod(iteration, self.per_epoch)
         if epoch != self._epoch:
-            self._perm = epoch_permutation(self.num_examples, self.seed, epoch)
+            self._perm = epoch_permutation(self.num_examples, self.seed, epoch).to(self.device)
             self._epoch = epoch
         start = position * self.batch_size
         return self._perm[start : start + self.batch_size]

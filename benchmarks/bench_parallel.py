@@ -1,0 +1,127 @@
+"""Two LeNet runs in parallel (2 processes x 1 thread) vs the same two runs one after the other.
+
+The sequential baseline is measured with 1 and with 2 torch threads and the better one is used,
+so the ratio is honest. Also timed: both networks in ONE process as one batched computation
+(`batched.train_batched`, 1 and 2 threads). Every contender trains the same two runs (paper
+hyperparameters, evaluation every 100 iterations on validation + test, different order seeds and
+initializations). Data loading and process start-up are excluded: parallel workers load their data,
+then wait at a barrier; the clock starts when they are released.
+
+    .venv/bin/python benchmarks/bench_parallel.py [--iterations 2000] [--trainer fused]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import time
+from dataclasses import replace
+
+import torch
+from benchmarks_common import load_splits
+
+from lottery_ticket.hparams import preset_hparams
+from lottery_ticket.models import build_model
+
+SEEDS = (0, 1)
+
+
+def trainer_module(changes: str):
+    """trainer as is ("") or with proposed changes (see proposed_trainer.py)."""
+    if not changes:
+        from lottery_ticket import trainer
+
+        return trainer
+    import proposed_trainer
+
+    return proposed_trainer.load(changes.split(","))
+
+
+def hparams(iterations: int):
+    hp = preset_hparams("paper")
+    return replace(hp, training=replace(hp.training, iterations=iterations))
+
+
+def one_run(trainer, splits, hp, seed: int) -> None:
+    trainer.train(build_model("lenet_300_100", seed=seed), splits, hp, order_seed=seed)
+
+
+def worker(seed: int, iterations: int, changes: str, barrier, done) -> None:
+    torch.set_num_threads(1)
+    trainer = trainer_module(changes)
+    splits = load_splits()
+    hp = hparams(iterations)
+    one_run(trainer, splits, hp, seed)  # warm-up (first-call costs), then wait for the other worker
+    barrier.wait()
+    one_run(trainer, splits, hp, seed)
+    done.put(time.perf_counter())
+
+
+def parallel(iterations: int, changes: str) -> float:
+    context = mp.get_context("spawn")
+    barrier, done = context.Barrier(len(SEEDS) + 1), context.Queue()
+    workers = [context.Process(target=worker, args=(s, iterations, changes, barrier, done)) for s in SEEDS]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    started = time.perf_counter()
+    finished = max(done.get() for _ in workers)
+    for w in workers:
+        w.join()
+        if w.exitcode != 0:
+            raise RuntimeError(f"worker failed with exit code {w.exitcode}")
+    return finished - started
+
+
+def sequential(iterations: int, changes: str, threads: int, splits) -> float:
+    torch.set_num_threads(threads)
+    trainer = trainer_module(changes)
+    hp = hparams(iterations)
+    one_run(trainer, splits, hp, 0)  # warm-up
+    started = time.perf_counter()
+    for seed in SEEDS:
+        one_run(trainer, splits, hp, seed)
+    return time.perf_counter() - started
+
+
+def batched(iterations: int, threads: int, splits, changes: str) -> float:
+    from lottery_ticket import batched as module
+    from lottery_ticket.batched import train_batched
+
+    module.make_optimizer = trainer_module(changes).make_optimizer  # the same optimizer as the runs
+    torch.set_num_threads(threads)
+    hp = hparams(iterations)
+    models = [build_model("lenet_300_100", seed=s) for s in SEEDS]
+    train_batched([build_model("lenet_300_100", seed=s) for s in SEEDS], splits, hp, list(SEEDS))  # warm-up
+    started = time.perf_counter()
+    train_batched(models, splits, hp, list(SEEDS))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=2000, help="iterations of each run")
+    parser.add_argument("--trainer", default="", help="proposed trainer changes, e.g. fused (default: as is)")
+    parser.add_argument("--no-batched", action="store_true")
+    args = parser.parse_args()
+    splits = load_splits()
+    with open("/proc/loadavg") as f:
+        print(f"load average before: {f.read().split()[:3]}")
+    label = f"trainer {'as is' if not args.trainer else '+' + args.trainer}"
+    print(f"2 runs of {args.iterations} iterations each ({label}), evaluation every 100:")
+    times = {}
+    times["parallel, 2 processes x 1 thread"] = parallel(args.iterations, args.trainer)
+    times["sequential, 1 thread"] = sequential(args.iterations, args.trainer, 1, splits)
+    times["sequential, 2 threads"] = sequential(args.iterations, args.trainer, 2, splits)
+    if not args.no_batched:
+        times["batched (train_batched K=2), 1 thread"] = batched(args.iterations, 1, splits, args.trainer)
+        times["batched (train_batched K=2), 2 threads"] = batched(args.iterations, 2, splits, args.trainer)
+    baseline = min(times["sequential, 1 thread"], times["sequential, 2 threads"])
+    for name, seconds in times.items():
+        print(f"  {name:40s} {seconds:7.2f} s   ratio to the best sequential: {seconds / baseline:.2f}")
+    with open("/proc/loadavg") as f:
+        print(f"load average after: {f.read().split()[:3]}")
+
+
+if __name__ == "__main__":
+    main()

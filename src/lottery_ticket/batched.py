@@ -1,0 +1,268 @@
+"""Train K independent fully-connected networks of one architecture as one batched computation.
+
+Each network keeps its own initial weights, masks and data order (order seed); the K weight
+matrices of a layer are stacked into one [K, out, in] tensor and every matrix product of the
+step becomes one `torch.bmm`/`torch.baddbmm`. This removes K-1 copies of the per-step Python and
+dispatch overhead, and lets all cores work on whole matrices (threads split the K networks)
+instead of splitting one small matrix product.
+
+The results are those of K separate `trainer.train` runs (measured bitwise identical on one
+thread; with more threads, bmm may split the sums differently than mm, so equal to rounding):
+
+* the step runs fast_mlp's kernels (themselves autograd's), batched;
+* the optimizer is `trainer.make_optimizer` over the stacked tensors. Adam and SGD (momentum,
+  weight decay) are elementwise and all K networks take their steps together, so this is K
+  independent optimizers;
+* masks touch gradients through `masking.mask_gradients`, on (stacked grad, stacked mask) pairs;
+* evaluation copies the weights back into each network's own module and calls
+  `trainer.evaluate`, so the metric rows are built exactly as `trainer.train` builds them.
+
+No output directory, checkpoints or resume: this is for sweeps and benchmarks that keep results
+in memory (or save the returned `TrainResult`s themselves).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from lottery_ticket.errors import LotteryError
+from lottery_ticket.hparams import Hparams, milestones
+from lottery_ticket.masking import Masks, apply_masks, check_masks, full_masks, mask_gradients
+from lottery_ticket.models.fc import FullyConnected
+from lottery_ticket.store import state_dict_copy
+from lottery_ticket.trainer import (
+    TrainingDiverged,
+    TrainResult,
+    evaluate,
+    learning_rate,
+    make_optimizer,
+    total_iterations,
+)
+
+_relu_backward = torch.ops.aten.threshold_backward.grad_input
+_nll_forward = torch.ops.aten.nll_loss_forward.default
+_nll_backward = torch.ops.aten.nll_loss_backward.default
+_log_softmax_backward = torch.ops.aten._log_softmax_backward_data.default
+
+
+class StackedFC(nn.Module):
+    """The layers of K same-shaped `FullyConnected` networks, stacked along a leading K axis:
+    `weights[l]` is [K, out, in] and `biases[l]` is [K, out]."""
+
+    def __init__(self, models: list[FullyConnected]):
+        super().__init__()
+        layers = [m.linears() for m in models]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([ls[i].weight.detach() for ls in layers]).contiguous())
+            for i in range(len(layers[0]))
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([ls[i].bias.detach() for ls in layers]).contiguous())
+            for i in range(len(layers[0]))
+        )
+
+    @torch.no_grad()
+    def copy_into(self, models: list[FullyConnected]) -> None:
+        """Write network k's slice of every stacked tensor into `models[k]`'s own parameters."""
+        for k, model in enumerate(models):
+            for layer, w, b in zip(model.linears(), self.weights, self.biases, strict=True):
+                layer.weight.copy_(w[k])
+                layer.bias.copy_(b[k])
+
+
+def _widths(model: nn.Module) -> list[int]:
+    if type(model) is not FullyConnected:
+        raise LotteryError(f"batched training supports fully-connected models only, not {type(model).__name__}")
+    layers = model.linears()
+    if any(layer.bias is None for layer in layers):
+        raise LotteryError("batched training needs every Linear layer to have a bias")
+    return [layers[0].in_features] + [layer.out_features for layer in layers]
+
+
+def make_batched_step(stacked: StackedFC, optimizer: torch.optim.Optimizer, masks: list[torch.Tensor]):
+    """`step(x [K, B, in], y [K, B]) -> (loss [K], correct [K])`: fast_mlp's step for K networks.
+
+    `masks[l]` is the stacked [K, out, in] mask of layer l's weights."""
+    weights, biases = list(stacked.weights), list(stacked.biases)
+    params = [p for pair in zip(weights, biases, strict=True) for p in pair]
+    buffers: dict[tuple[int, int], dict] = {}
+
+    def grad_of(p: nn.Parameter) -> torch.Tensor:
+        if p.grad is None:
+            p.grad = torch.empty_like(p)
+        return p.grad
+
+    @torch.no_grad()
+    def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, batch = y.shape
+        b = buffers.get((k, batch))
+        if b is None:
+            b = buffers[(k, batch)] = {
+                "hidden": [x.new_empty(k, batch, w.shape[1]) for w in weights[:-1]],
+                "logits": x.new_empty(k, batch, weights[-1].shape[1]),
+                "grads": [x.new_empty(k, batch, w.shape[1]) for w in weights[:-1]],
+                "row_grad": x.new_full((k * batch,), 1.0 / batch),
+                "one": x.new_ones(()),
+            }
+        h = x.reshape(k, batch, -1)
+        inputs = [h]
+        for W, bias, out in zip(weights[:-1], biases[:-1], b["hidden"], strict=True):
+            h = torch.relu_(torch.baddbmm(bias.unsqueeze(1), h, W.transpose(1, 2), out=out))
+            inputs.append(h)
+        logits = torch.baddbmm(biases[-1].unsqueeze(1), h, weights[-1].transpose(1, 2), out=b["logits"])
+
+        # Per network, the kernels autograd runs for F.cross_entropy (as fast_mlp does): the loss
+        # with a mean nll_loss per network; the gradient with reduction "none" and d loss / d
+        # row = 1 / batch, which is the mean reduction's -1 / total_weight at the target.
+        log_probs = torch.log_softmax(logits, 2)
+        loss = torch.stack([_nll_forward(log_probs[n], y[n], None, 1, -100)[0] for n in range(k)])
+        correct = (logits.argmax(2) == y).sum(1)
+        flat = log_probs.view(k * batch, -1)
+        g = _nll_backward(b["row_grad"], flat, y.reshape(-1), None, 0, -100, b["one"])
+        g = _log_softmax_backward(g, flat, 1, torch.float32).view(k, batch, -1)
+
+        grads = [grad_of(p) for p in params]
+        for i in range(len(weights) - 1, -1, -1):
+            torch.bmm(g.transpose(1, 2), inputs[i], out=grads[2 * i])
+            torch.sum(g, 1, out=grads[2 * i + 1])
+            if i == 0:
+                break
+            gh = torch.bmm(g, weights[i], out=b["grads"][i - 1])
+            g = _relu_backward(gh, inputs[i], 0, grad_input=gh)
+        mask_gradients(zip(grads[0::2], masks, strict=True))
+        optimizer.step()
+        return loss, correct
+
+    return step
+
+
+def train_batched(
+    models: list[nn.Module],
+    splits,
+    hp: Hparams,
+    order_seeds: list[int],
+    masks: list[Masks | None] | None = None,
+    device: str | torch.device = "cpu",
+    start_iteration: int = 0,
+) -> list[TrainResult]:
+    """Train `models[k]` with `masks[k]` on the data order of `order_seeds[k]`, all at once.
+
+    Returns one `TrainResult` per network, as `trainer.train(models[k], splits, hp,
+    order_seed=order_seeds[k], masks=masks[k], device=device, start_iteration=start_iteration)`
+    would (same metric rows: validation/test every `eval_every`, train_batch, the final full
+    training split; same initial/final/rewind state dicts), to float32 rounding. Like `train`,
+    it applies the masks to the models and leaves them trained.
+    """
+    from lottery_ticket.data.order import TrainingOrder
+
+    if not models:
+        raise LotteryError("train_batched needs at least one model")
+    masks = [None] * len(models) if masks is None else list(masks)
+    if not len(models) == len(order_seeds) == len(masks):
+        raise LotteryError(f"got {len(models)} models, {len(order_seeds)} order seeds and {len(masks)} masks")
+    widths = _widths(models[0])
+    for model in models[1:]:
+        if _widths(model) != widths:
+            raise LotteryError(f"all models must have the same layer widths; got {widths} and {_widths(model)}")
+    if hp.dataset.augment:
+        raise LotteryError("batched training does not support --augment")
+    t = hp.training
+    device = torch.device(device)
+    batch_size = hp.dataset.batch_size
+    k = len(models)
+
+    # Per network, exactly what trainer.train does before its first step.
+    layer_names = [name for name, p in models[0].named_parameters() if name.endswith("weight")]
+    run_masks = []
+    for model, mask in zip(models, masks, strict=True):
+        model.to(device)
+        mask = full_masks(model) if mask is None else {n: v.to(torch.float32) for n, v in mask.items()}
+        check_masks(mask, model)
+        mask = {n: v.to(device) for n, v in mask.items()}
+        apply_masks(model, mask)
+        run_masks.append(mask)
+    initial = [state_dict_copy(model) for model in models]
+    rewind = list(initial) if t.rewind_iteration == 0 else [None] * k
+
+    train_x = splits.train_x.to(device).reshape(len(splits.train_y), -1)
+    train_y = splits.train_y.to(device)
+    validation = (splits.validation_x.to(device), splits.validation_y.to(device))
+    test = (splits.test_x.to(device), splits.test_y.to(device))
+    total = total_iterations(t, len(train_y), batch_size)
+    if t.rewind_iteration > total:
+        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {total} training iterations")
+    if not 0 <= start_iteration < total:
+        raise LotteryError(f"start iteration {start_iteration} must be in [0, {total})")
+    orders = [TrainingOrder(len(train_y), batch_size, seed, device=device) for seed in order_seeds]
+
+    stacked = StackedFC(models).to(device)
+    stacked_masks = [
+        torch.stack([m.get(name, torch.ones_like(models[0].get_parameter(name))) for m in run_masks])
+        for name in layer_names
+    ]
+    optimizer = make_optimizer(stacked, t)
+    step = make_batched_step(stacked, optimizer, stacked_masks)
+
+    schedule = bool(t.warmup_iterations or milestones(t))
+    window_loss = torch.zeros(t.eval_every, k, dtype=torch.float32, device=device)
+    window_correct = torch.zeros(t.eval_every, k, dtype=torch.int64, device=device)
+    x = torch.empty(k * batch_size, train_x.shape[1], dtype=train_x.dtype, device=device)
+    y = torch.empty(k * batch_size, dtype=train_y.dtype, device=device)
+    rows: list[list[tuple[int, str, float, float]]] = [[] for _ in range(k)]
+
+    def log_evaluation(iteration: int, window: int) -> None:
+        stacked.copy_into(models)
+        if window > 0:
+            losses = window_loss[:window]
+            finite = torch.isfinite(losses)
+            if not bool(finite.all()):
+                bad_step, bad_net = (int(v) for v in torch.nonzero(~finite)[0])
+                raise TrainingDiverged(
+                    f"network {bad_net}: training loss became NaN or infinite at iteration "
+                    f"{iteration - window + bad_step + 1}"
+                )
+            batch_loss = losses.double().mean(0).tolist()
+            batch_accuracy = (window_correct[:window].sum(0).double() / (window * batch_size)).tolist()
+        for n, model in enumerate(models):
+            if window > 0:
+                rows[n].append((iteration, "train_batch", batch_loss[n], batch_accuracy[n]))
+            for split, (sx, sy) in (("validation", validation), ("test", test)):
+                loss, accuracy = evaluate(model, sx, sy)
+                if len(sy) and not math.isfinite(loss):  # the weights themselves blew up
+                    raise TrainingDiverged(f"network {n}: evaluation loss became NaN or infinite at "
+                                           f"iteration {iteration}")
+                rows[n].append((iteration, split, loss, accuracy))
+            if iteration == total:
+                rows[n].append((iteration, "train", *evaluate(model, train_x, train_y)))
+
+    log_evaluation(start_iteration, 0)
+    iteration, window = start_iteration, 0
+    while iteration < total:
+        if schedule:
+            lr = learning_rate(t, iteration)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        index = torch.cat([order.batch(iteration) for order in orders])
+        torch.index_select(train_x, 0, index, out=x)
+        torch.index_select(train_y, 0, index, out=y)
+        loss, correct = step(x.view(k, batch_size, -1), y.view(k, batch_size))
+        window_loss[window] = loss
+        window_correct[window] = correct
+        window += 1
+        iteration += 1
+        if iteration == t.rewind_iteration and t.rewind_iteration > 0:
+            stacked.copy_into(models)
+            rewind = [state_dict_copy(model) for model in models]
+        if iteration % t.eval_every == 0 or iteration == total:
+            log_evaluation(iteration, window)
+            window = 0
+
+    stacked.copy_into(models)
+    return [
+        TrainResult(initial[n], state_dict_copy(models[n]), rewind[n], rows[n], start_iteration)
+        for n in range(k)
+    ]
+
