@@ -4,21 +4,23 @@
     masks re-applied after every step by multiplying the weights, batches sliced from in-memory
     tensors;
 (b) our training step: `trainer.make_step(..., fast=True)` with `trainer.make_optimizer`'s
-    optimizer (and with fused Adam, the change proposed for trainer.make_optimizer);
+    optimizer (fused Adam);
 (c) a whole run, `trainer.train` with the paper's evaluation schedule (every 100 iterations on
     5,000 validation + 10,000 test examples, the full training split at the end), against the
-    reference loop with the same evaluations; projected to the paper's 50,000 iterations;
+    reference loop with the same evaluations; projected to the paper's 50,000 iterations; also
+    with evaluation on every core, as `lth train` runs it;
 (d) the large-matmul rate (2048x2048 sgemm), for the arithmetic floor of one step.
 
 Throughputs are medians of interleaved repeats (the machine may be shared). Run:
 
     .venv/bin/python benchmarks/bench_train.py [--threads 1,2] [--steps 600] [--repeats 3]
-                                               [--run-iterations 3000]
+        [--run-iterations 3000] [--run-threads 1] [--run-repeats 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import replace
@@ -117,14 +119,6 @@ class ReferenceLoop:
         self.evaluate(splits.train_x, splits.train_y)
 
 
-def fused_optimizer(model, t):
-    """The proposed trainer.make_optimizer (proposed_trainer.py "fused"): one fused kernel per step."""
-    params = list(model.parameters())
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, fused=True)
-
-
 class OurSteps:
     """(b): the trainer's step function, fed the same sliced batches as the reference."""
 
@@ -167,8 +161,6 @@ def main() -> None:
                         help="threads for the end-to-end runs (default 1: under load, 2 OpenMP threads "
                              "collapse, see PROFILE.md)")
     parser.add_argument("--run-repeats", type=int, default=1)
-    parser.add_argument("--proposed", nargs="*", default=["fused", "fused,eval1000,gather", "fused,eval1000,gather,async"],
-                        help="proposed trainer.py changes to measure (see proposed_trainer.py), one set per run")
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
     splits = load_splits()
@@ -185,9 +177,7 @@ def main() -> None:
         torch.set_num_threads(threads)
         reference = ReferenceLoop(splits, masks)
         ours = OurSteps(splits, masks, trainer.make_optimizer)
-        ours_fused = OurSteps(splits, masks, fused_optimizer)
-        contenders = {"reference": reference.run, "ours (trainer optimizer)": ours.run,
-                      "ours (fused Adam)": ours_fused.run}
+        contenders = {"reference": reference.run, "ours": ours.run}
         for fn in contenders.values():
             fn(50)  # warm-up
         samples = {name: [] for name in contenders}
@@ -204,7 +194,7 @@ def main() -> None:
     for threads, r in results.items():
         floor = r["matmul GFLOP/s"] * 1e9 / flops
         print(f"  {threads} thread(s): large matmul {r['matmul GFLOP/s']:.1f} GFLOP/s -> floor {floor:.0f} it/s")
-        for name in ("reference", "ours (trainer optimizer)", "ours (fused Adam)"):
+        for name in ("reference", "ours"):
             it_s = r[name]
             print(f"    {name:26s} {it_s:7.0f} it/s  {it_s * flops / 1e9:6.1f} GFLOP/s  "
                   f"x{it_s / r['reference']:.2f} vs reference at {threads} thread(s)  "
@@ -213,13 +203,11 @@ def main() -> None:
 
     if args.run_iterations <= 0:
         return
-    end_to_end(splits, masks, args.run_iterations, args.run_threads, args.proposed, args.run_repeats)
+    end_to_end(splits, masks, args.run_iterations, args.run_threads, args.run_repeats)
 
 
-def end_to_end(splits, masks, n: int, threads: int, proposed: list[str], repeats: int) -> None:
+def end_to_end(splits, masks, n: int, threads: int, repeats: int) -> None:
     """(c): whole runs with the paper's evaluation schedule, interleaved `repeats` times."""
-    import proposed_trainer
-
     torch.set_num_threads(threads)
     hp = preset_hparams("paper")
     hp = replace(hp, training=replace(hp.training, iterations=n))
@@ -234,17 +222,14 @@ def end_to_end(splits, masks, n: int, threads: int, proposed: list[str], repeats
     def train_with(module):
         return lambda: module.train(build_model("lenet_300_100", seed=0), splits, hp, order_seed=0, masks=masks)
 
+    cores = os.cpu_count() or 1
     runs = {
         "reference loop": lambda: ReferenceLoop(splits, masks).run_with_evaluations(splits, n, hp.training.eval_every),
         "trainer.train (as is)": train_with(trainer),
+        # what `lth train` does: training on `threads`, evaluation on every core
+        f"trainer.train, evaluation on {cores} threads": lambda: trainer.train(
+            build_model("lenet_300_100", seed=0), splits, hp, order_seed=0, masks=masks, eval_threads=cores),
     }
-    for changes in proposed:
-        try:
-            module = proposed_trainer.load(changes.split(","))
-        except RuntimeError as e:
-            print(f"  skipped {changes}: {e}")
-            continue
-        runs[f"trainer.train +{changes}"] = train_with(module)
     seconds = {name: [] for name in runs}
     for _ in range(repeats):
         for name, fn in runs.items():

@@ -1,8 +1,10 @@
 """batched.train_batched: K networks trained at once equal K separate trainer.train runs.
 
-Measured on one thread: bitwise identical to K separate runs, through the fast path and through
-the autograd path alike (the fast path is itself bitwise autograd's; bmm of K matrices matches mm
-of each). Asserted (float32): weights within 1e-6 absolute, metric losses within 1e-7,
+Measured on one thread with foreach optimizers: bitwise identical to K separate runs, through the
+fast path and the autograd path alike (bmm of K matrices matches mm of each). With the fused
+optimizers (the default), the update of a stacked tensor rounds differently in the last bit from
+that of K separate tensors: measured up to 2e-7 apart in metric losses after 300 steps. Asserted
+(float32): weights within 1e-6 absolute, metric losses within 1e-6,
 accuracies identical, pruned weights exactly 0. A loose tolerance would not help: any rounding
 difference can flip a ReLU whose pre-activation is within rounding distance of 0, and the
 trajectories then separate (see test_fast_mlp.py).
@@ -23,19 +25,19 @@ from lottery_ticket.hparams import preset_hparams
 from lottery_ticket.masking import full_masks
 from lottery_ticket.models import build_model
 
-WEIGHT_ATOL = 2e-5
+WEIGHT_ATOL = 1e-6
+LOSS_ATOL = 1e-6
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One intra-op thread: deterministic reduction order in the matrix products (with 2 threads,
-    MKL may split bmm and mm differently; Adam then magnifies the last-bit differences of
-    near-zero gradients into lr-sized steps), and no thread oversubscription on a busy machine."""
+    """One intra-op thread: the comparisons are exact only if both sides split their sums the same
+    way (with 2 threads, MKL may split bmm and mm differently), and a busy 2-core machine runs
+    these small products faster on one thread anyway."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-LOSS_ATOL = 1e-5
 
 
 def random_masks(model, density, seed):

@@ -34,19 +34,19 @@ from lottery_ticket.models import build_model
 from lottery_ticket.models.fc import FullyConnected
 
 GRAD_RTOL = 1e-6
-WEIGHT_ATOL = 2e-5
+WEIGHT_ATOL = 1e-6
+LOSS_ATOL = 1e-7
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One intra-op thread: deterministic reduction order in the matrix products (with 2 threads,
-    MKL may split bmm and mm differently; Adam then magnifies the last-bit differences of
-    near-zero gradients into lr-sized steps), and no thread oversubscription on a busy machine."""
+    """One intra-op thread: the comparisons are exact only if both sides split their sums the same
+    way (with 2 threads, MKL may split bmm and mm differently), and a busy 2-core machine runs
+    these small products faster on one thread anyway."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-LOSS_ATOL = 1e-5
 
 
 def random_masks(model: nn.Module, density: float, seed: int) -> dict[str, torch.Tensor]:

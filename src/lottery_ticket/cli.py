@@ -32,7 +32,9 @@ def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> N
     g.add_argument("--no-fast", dest="fast", action="store_false",
                    help="use the general autograd training step even where the fast path applies")
     g.add_argument("--threads", type=int, default=None,
-                   help="torch threads per run (default: cores / workers)")
+                   help="torch threads per run for training (default: 1 for fully-connected models, "
+                        "whose small steps are fastest on one thread; else cores / workers); "
+                        "evaluation uses cores / workers")
     if parallel:
         g.add_argument("--batched", action="store_true",
                        help="train the runs (trials of a level, or control runs) as one batched computation "
@@ -151,14 +153,22 @@ def _check_device(device: str) -> None:
                            f"(cuda:0 to cuda:{count - 1})")
 
 
-def _workers(args, jobs: int) -> tuple[int, int]:
+def _workers(args, jobs: int, model: str | None = None) -> tuple[int, int]:
     from lottery_ticket.runner import default_threads, default_workers
 
     workers = args.workers or default_workers(jobs)
-    threads = args.threads or default_threads(workers)
+    threads = args.threads or default_threads(workers, model)
     if workers < 1 or threads < 1:
         raise LotteryError("--workers and --threads must be >= 1")
     return workers, threads
+
+
+def _with_eval_threads(ctx, workers: int):
+    from dataclasses import replace
+
+    from lottery_ticket.runner import eval_threads
+
+    return replace(ctx, eval_threads=eval_threads(workers))
 
 
 def cmd_train(args) -> None:
@@ -177,15 +187,18 @@ def cmd_train(args) -> None:
     presets = load_tensors(args.presets) if args.presets else None
     model = new_model(hp, splits, seeds["model"], presets)
     masks = load_masks(args.masks if len(args.masks or []) != 1 else args.masks[0]) if args.masks else None
-    if args.threads is not None:
-        if args.threads < 1:
-            raise LotteryError("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    from lottery_ticket.runner import default_threads
+
+    if args.threads is not None and args.threads < 1:
+        raise LotteryError("--threads must be >= 1")
+    torch.set_num_threads(args.threads or default_threads(1, hp.model.model))
+    ctx = _with_eval_threads(ctx, 1)
     result = train(
         model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
         run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
                   "masks": args.masks, "presets": args.presets},
         device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
+        eval_threads=ctx.eval_threads,
     )
     if not args.quiet:
         last = {split: (loss, acc) for _, split, loss, acc in result.metrics}
@@ -214,9 +227,9 @@ def cmd_lottery(args) -> None:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
         lottery_batched(args.output_dir, hp.to_dict(), args.seed, list(range(args.trials)), args.levels, ctx)
     else:
-        workers, threads = _workers(args, args.trials)
+        workers, threads = _workers(args, args.trials, hp.model.model)
         jobs = [(args.output_dir, hp.to_dict(), args.seed, trial, args.levels) for trial in range(args.trials)]
-        run_jobs(lottery_trial, jobs, workers, threads, ctx)
+        run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers))
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
@@ -242,8 +255,11 @@ def cmd_reinit(args) -> None:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
         control_runs_batched(jobs, ctx)
     else:
-        workers, threads = _workers(args, len(jobs))
-        run_jobs(control_run, jobs, workers, threads, ctx)
+        from lottery_ticket.store import read_json
+
+        model = read_json(Path(args.experiment) / "experiment.json")["hparams"]["model"]["model"]
+        workers, threads = _workers(args, len(jobs), model)
+        run_jobs(control_run, jobs, workers, threads, _with_eval_threads(ctx, workers))
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 

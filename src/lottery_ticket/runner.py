@@ -62,6 +62,7 @@ class Context:
     checkpoint_seconds: float = 10.0
     fast: bool = True
     download: bool = True  # fetch missing dataset files from the public mirrors
+    eval_threads: int | None = None  # torch threads while evaluating (None: the training threads)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -174,6 +175,7 @@ def lottery_trial(exp_dir: str, hp_dict: dict, seed: int, trial: int, levels: in
             model, dataset, hp, order_seed=seeds["order"], masks=masks, output_dir=out,
             run_info={"trial": trial, "level": level, "control": "main", "run_index": 0, "seeds": seeds},
             device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
+            eval_threads=ctx.eval_threads,
             start_iteration=rewind if level > 0 else 0,
         )
         report_run(out, result, started, ctx)
@@ -227,6 +229,7 @@ def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: i
     result = train(
         c.model, c.splits, c.hp, order_seed=c.order_seed, masks=c.masks, output_dir=c.out, run_info=c.run_info,
         device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
+            eval_threads=ctx.eval_threads,
     )
     report_run(c.out, result, started, ctx)
 
@@ -343,7 +346,19 @@ def default_workers(jobs: int) -> int:
     return max(1, min(jobs, os.cpu_count() or 1))
 
 
-def default_threads(workers: int) -> int:
+def default_threads(workers: int, model: str | None = None) -> int:
+    """Training threads per run: one for fully-connected models, whose small matrix products are
+    fastest on one thread (and collapse when OpenMP threads compete for cores; see
+    benchmarks/PROFILE.md), else the cores shared out among the workers."""
+    from lottery_ticket.models.fc import is_fully_connected
+
+    if model is not None and is_fully_connected(model):
+        return 1
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def eval_threads(workers: int) -> int:
+    """Evaluation threads per run: the cores shared out among the workers (large products scale)."""
     return max(1, (os.cpu_count() or 1) // workers)
 
 
