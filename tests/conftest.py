@@ -7,7 +7,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-
 # One thread per test process: the suite runs under `pytest -n 2` on 2 cores, and oversubscribed
 # OpenMP threads make small matrix products 10-100x slower. Subprocesses inherit the variables.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
