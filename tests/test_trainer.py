@@ -167,3 +167,22 @@ def test_augmented_training_is_deterministic():
     a = train(build_model("fc_20", seed=0, input_shape=(3, 8, 8)), s, hp, order_seed=0)
     b = train(build_model("fc_20", seed=0, input_shape=(3, 8, 8)), s, hp, order_seed=0)
     assert a.metrics == b.metrics
+
+
+def test_background_evaluation_gives_the_same_rows_and_weights(splits, tmp_path):
+    sync = train(lenet(), splits, HP, order_seed=2)
+    background = train(lenet(), splits, HP, order_seed=2, background_eval=True)
+    assert background.metrics == sync.metrics
+    assert all(torch.equal(sync.final[k], background.final[k]) for k in sync.final)
+    out = tmp_path / "run"  # interrupted and resumed with background evaluation
+    train(lenet(), splits, HP, order_seed=2, output_dir=out, stop_after=230, checkpoint_seconds=1e9,
+          background_eval=True)
+    resumed = train(lenet(), splits, HP, order_seed=2, output_dir=out, background_eval=True)
+    assert resumed.metrics == sync.metrics
+    assert read_metrics(out / paths.METRICS) == sync.metrics
+
+
+def test_background_evaluation_reports_divergence(splits):
+    hp = replace(HP, training=replace(HP.training, optimizer="sgd", lr=0.01, lr_milestones="150", lr_gamma=1e30))
+    with pytest.raises(TrainingDiverged, match="NaN or infinite"):
+        train(lenet(), splits, hp, order_seed=0, background_eval=True)

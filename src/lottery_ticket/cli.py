@@ -168,7 +168,8 @@ def _with_eval_threads(ctx, workers: int):
 
     from lottery_ticket.runner import eval_threads
 
-    return replace(ctx, eval_threads=eval_threads(workers))
+    threads = eval_threads(workers)
+    return replace(ctx, eval_threads=threads, background_eval=threads > 1)
 
 
 def cmd_train(args) -> None:
@@ -198,7 +199,7 @@ def cmd_train(args) -> None:
         run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
                   "masks": args.masks, "presets": args.presets},
         device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-        eval_threads=ctx.eval_threads,
+        eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
     )
     if not args.quiet:
         last = {split: (loss, acc) for _, split, loss, acc in result.metrics}

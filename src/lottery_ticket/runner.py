@@ -63,6 +63,7 @@ class Context:
     fast: bool = True
     download: bool = True  # fetch missing dataset files from the public mirrors
     eval_threads: int | None = None  # torch threads while evaluating (None: the training threads)
+    background_eval: bool = False  # evaluate in a second thread while training goes on (a spare core)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -175,7 +176,7 @@ def lottery_trial(exp_dir: str, hp_dict: dict, seed: int, trial: int, levels: in
             model, dataset, hp, order_seed=seeds["order"], masks=masks, output_dir=out,
             run_info={"trial": trial, "level": level, "control": "main", "run_index": 0, "seeds": seeds},
             device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-            eval_threads=ctx.eval_threads,
+            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
             start_iteration=rewind if level > 0 else 0,
         )
         report_run(out, result, started, ctx)
@@ -229,7 +230,7 @@ def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: i
     result = train(
         c.model, c.splits, c.hp, order_seed=c.order_seed, masks=c.masks, output_dir=c.out, run_info=c.run_info,
         device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-            eval_threads=ctx.eval_threads,
+            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
     )
     report_run(c.out, result, started, ctx)
 

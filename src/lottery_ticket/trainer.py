@@ -231,6 +231,7 @@ def train(
     stop_after: int | None = None,
     start_iteration: int = 0,
     eval_threads: int | None = None,
+    background_eval: bool = False,
 ) -> TrainResult:
     """Train `model` (already initialized/preset) with `masks` and return its weights and metrics.
 
@@ -239,7 +240,9 @@ def train(
     marking the run complete (used by tests to simulate an interruption). `start_iteration` > 0
     continues the schedule (data order, learning rate) from that iteration: late rewinding.
     `eval_threads` (CPU): torch threads for evaluation, whose large matrix products use more
-    cores well, while small training steps are fastest on one thread.
+    cores well, while small training steps are fastest on one thread. `background_eval` (CPU):
+    evaluate a snapshot of the weights in a second thread while training goes on (same rows,
+    same values; for a run that has a spare core).
     """
     out = Path(output_dir) if output_dir is not None else None
     record = run_record(hp, run_info or {})
@@ -253,7 +256,8 @@ def train(
         lock = None
     try:
         return _train(model, splits, hp, order_seed, masks, out, record, torch.device(device), quiet,
-                      checkpoint_seconds, fast, stop_after, start_iteration, eval_threads)
+                      checkpoint_seconds, fast, stop_after, start_iteration, eval_threads,
+                      background_eval)
     finally:
         if lock is not None:
             lock.release()
@@ -296,7 +300,7 @@ def load_result(out: str | Path) -> TrainResult:
 
 
 def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, checkpoint_seconds, fast, stop_after,
-           start_iteration, eval_threads):
+           start_iteration, eval_threads, background_eval):
     from lottery_ticket.data.order import TrainingOrder
 
     t = hp.training
@@ -351,30 +355,57 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     batch_y = train_y.new_empty((batch_size,))
 
     def log_evaluation(iteration: int, window: int) -> list:
-        new = []
+        """The rows of finished evaluations: this one's, or (background) the previous one's."""
+        head = []
         if window > 0:
             losses = window_loss[:window]
             finite = torch.isfinite(losses)
             if not bool(finite.all()):
                 bad = iteration - window + int(torch.nonzero(~finite)[0].item()) + 1
                 raise _Diverged(bad)
-            new.append((iteration, "train_batch", losses.double().mean().item(),
-                        window_correct[:window].sum().item() / (window * batch_size)))
+            head.append((iteration, "train_batch", losses.double().mean().item(),
+                         window_correct[:window].sum().item() / (window * batch_size)))
+        done = finished_evaluations()
+        if background is not None and first < iteration < total:
+            snapshot.load_state_dict(model.state_dict())
+            pending.append(background.submit(evaluations, snapshot, iteration, head))
+            return done
+        with threads(eval_threads):
+            return done + evaluations(model, iteration, head)
+
+    def evaluations(net: nn.Module, iteration: int, head: list) -> list:
+        new = list(head)
         for split, (x, y) in (("validation", validation), ("test", test)):
-            with threads(eval_threads):
-                loss, accuracy = evaluate(model, x, y)
+            loss, accuracy = evaluate(net, x, y)
             if len(y) and not math.isfinite(loss):  # the weights themselves blew up in the last step
                 raise _Diverged(iteration)
             new.append((iteration, split, loss, accuracy))
         if iteration == total:
-            with threads(eval_threads):
-                loss, accuracy = evaluate(model, train_x, train_y)
+            loss, accuracy = evaluate(net, train_x, train_y)
             new.append((iteration, "train", loss, accuracy))
         return new
+
+    def finished_evaluations() -> list:
+        """Wait for the background evaluation, if any, and return its rows."""
+        done = []
+        while pending:
+            done.extend(pending.pop(0).result())
+        return done
+
+    background = snapshot = None
+    pending: list = []
+    if background_eval and device.type == "cpu":
+        import copy
+        from concurrent.futures import ThreadPoolExecutor
+
+        background, snapshot = ThreadPoolExecutor(1, thread_name_prefix="evaluate"), copy.deepcopy(model)
 
     def write_progress(iteration: int) -> None:
         if out is None:
             return
+        done = finished_evaluations()
+        rows.extend(done)
+        tensorboard.log(done)
         save_checkpoint(checkpoint_dir, model, optimizer, iteration, {"metrics": rows},
                         {"window_loss": window_loss, "window_correct": window_correct})
         write_text_atomic(out / paths.METRICS, metrics_csv(rows))
@@ -422,14 +453,17 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
                 rows.extend(new)
                 tensorboard.log(new)
                 window = 0
-                if bar is not None:
+                named = {s: (lo, a) for _, s, lo, a in new}
+                if bar is not None and "validation" in named:
                     bar.update(iteration - bar.n)
-                    named = {s: (lo, a) for _, s, lo, a in new}
                     bar.set_postfix(loss=f"{named['validation'][0]:.4f}", test_acc=f"{named['test'][1]:.4f}",
                                     refresh=False)
                 if out is not None and time.monotonic() - last_checkpoint >= checkpoint_seconds and iteration < total:
                     write_progress(iteration)
                     last_checkpoint = time.monotonic()
+        done = finished_evaluations()  # one still running in the background (stop_after)
+        rows.extend(done)
+        tensorboard.log(done)
     except _Diverged as d:
         where = "no checkpoint was written"
         if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
@@ -442,6 +476,8 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             + (f" in {out / paths.METRICS}" if out is not None else "") + f"; {where}"
         ) from None
     finally:
+        if background is not None:
+            background.shutdown(wait=True, cancel_futures=True)
         if bar is not None:
             bar.close()
         tensorboard.close()
