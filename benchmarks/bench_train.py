@@ -70,6 +70,20 @@ class Reference(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
+class SlicedBatches:
+    """Consecutive batches sliced from the in-memory training tensors, wrapping around."""
+
+    def __init__(self, splits):
+        self.x, self.y = splits.train_x, splits.train_y
+        self.position = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position + BATCH > len(self.y):
+            self.position = 0
+        start, self.position = self.position, self.position + BATCH
+        return self.x[start:start + BATCH], self.y[start:start + BATCH]
+
+
 class ReferenceLoop:
     """(a): the plain loop. `run(n)` trains n steps; `evaluate` is the plain evaluation."""
 
@@ -81,16 +95,11 @@ class ReferenceLoop:
             for w, m in self.masks:
                 w.mul_(m)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1.2e-3)
-        self.x, self.y = splits.train_x, splits.train_y
-        self.position = 0
+        self.batches = SlicedBatches(splits)
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
-            if self.position + BATCH > len(self.y):
-                self.position = 0
-            x = self.x[self.position:self.position + BATCH]
-            y = self.y[self.position:self.position + BATCH]
-            self.position += BATCH
+            x, y = self.batches.next()
             self.optimizer.zero_grad()
             loss = F.cross_entropy(self.model(x), y)
             loss.backward()
@@ -127,15 +136,11 @@ class OurSteps:
         hp = preset_hparams("paper")
         self.optimizer = make_optimizer(self.model, hp.training)
         self.step = trainer.make_step(self.model, self.optimizer, masks, fast=True)
-        self.x, self.y = splits.train_x, splits.train_y
-        self.position = 0
+        self.batches = SlicedBatches(splits)
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
-            if self.position + BATCH > len(self.y):
-                self.position = 0
-            self.step(self.x[self.position:self.position + BATCH], self.y[self.position:self.position + BATCH])
-            self.position += BATCH
+            self.step(*self.batches.next())
 
 
 def load_average() -> str:

@@ -14,6 +14,25 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts on one torch thread: the suite's exact comparisons (fast path vs autograd,
+    batched vs separate) need both sides to split their sums alike, and small products on a busy
+    2-core machine are fastest so. Code under test that changes the count restores it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def random_masks(model, density: float, seed: int) -> dict[str, torch.Tensor]:
+    """Masks keeping about `density` of each prunable tensor at seeded random positions."""
+    from lottery_ticket.masking import full_masks
+
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.rand(v.shape, generator=g) < density).float() for k, v in full_masks(model).items()}
+
+
 def real_data_root() -> Path | None:
     """$LTH_DATA (CI sets it to ../shared/data), else the shared copy next to the checkout."""
     candidates = [os.environ.get("LTH_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"]

@@ -17,32 +17,16 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import random_masks
 
 from lottery_ticket import trainer
 from lottery_ticket.batched import train_batched
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import preset_hparams
-from lottery_ticket.masking import full_masks
 from lottery_ticket.models import build_model
 
 WEIGHT_ATOL = 1e-6
 LOSS_ATOL = 1e-6
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the comparisons are exact only if both sides split their sums the same
-    way (with 2 threads, MKL may split bmm and mm differently), and a busy 2-core machine runs
-    these small products faster on one thread anyway."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_masks(model, density, seed):
-    g = torch.Generator().manual_seed(seed)
-    return {k: (torch.rand(v.shape, generator=g) < density).float() for k, v in full_masks(model).items()}
 
 
 def hparams(**training):

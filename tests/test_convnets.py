@@ -34,16 +34,6 @@ OPTIMIZERS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread (and `--threads 1` for the CLI): on a 2-core machine shared with other jobs,
-    two OpenMP threads per process made these tests 4x slower (89 s against 21 s, measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def lth(*argv) -> int:
     return main([str(a) for a in argv])
 

@@ -26,6 +26,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import random_masks
 
 from lottery_ticket import fast_mlp, trainer
 from lottery_ticket.hparams import preset_hparams
@@ -36,22 +37,6 @@ from lottery_ticket.models.fc import FullyConnected
 GRAD_RTOL = 1e-6
 WEIGHT_ATOL = 1e-6
 LOSS_ATOL = 1e-7
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the comparisons are exact only if both sides split their sums the same
-    way (with 2 threads, MKL may split bmm and mm differently), and a busy 2-core machine runs
-    these small products faster on one thread anyway."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_masks(model: nn.Module, density: float, seed: int) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {k: (torch.rand(v.shape, generator=g) < density).float() for k, v in full_masks(model).items()}
 
 
 def autograd_grads(model, masks, x, y):

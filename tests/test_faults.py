@@ -37,15 +37,6 @@ SRC = Path(lottery_ticket.__file__).resolve().parent
 EXP_FLAGS = ["--model", "fc_100", "--iterations", "200", "--eval-every", "100", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small matrices on a busy 2-core machine: two torch threads spin-wait each other 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lth(*argv) -> int:
     return main([str(a) for a in argv])
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from conftest import random_masks
 
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams, TrainingHparams
@@ -54,11 +55,6 @@ def test_check_masks_rejects_wrong_names_shapes_and_values():
         check_masks(bad, model)
 
 
-def _random_masks(model, seed, keep=0.5):
-    g = torch.Generator().manual_seed(seed)
-    return {k: (torch.rand(v.shape, generator=g) < keep).float() for k, v in full_masks(model).items()}
-
-
 @pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize(
     "optimizer",
@@ -66,17 +62,14 @@ def _random_masks(model, seed, keep=0.5):
 )
 def test_pruned_weights_stay_exactly_zero_through_training(splits, optimizer, fast):
     model = build_model("lenet_300_100", seed=1)
-    masks = _random_masks(model, 0)
+    masks = random_masks(model, 0.5, seed=0)
     hp = Hparams(training=TrainingHparams(iterations=50, eval_every=25, **optimizer))
-    optim_state = {}
 
     result = train(model, splits, hp, order_seed=0, masks=masks, fast=fast)
     for name, mask in masks.items():
         assert torch.all(result.final[name][mask == 0] == 0)
         assert torch.all(result.initial[name][mask == 0] == 0)
         assert torch.any(result.final[name][mask == 1] != result.initial[name][mask == 1])
-    # optimizer moments of pruned weights stay 0 too: check with a directly driven step
-    del optim_state
 
 
 def test_optimizer_state_of_pruned_weights_stays_zero(splits):
@@ -84,7 +77,7 @@ def test_optimizer_state_of_pruned_weights_stays_zero(splits):
     from lottery_ticket.trainer import autograd_step, make_optimizer
 
     model = build_model("lenet_300_100", seed=2)
-    masks = _random_masks(model, 1)
+    masks = random_masks(model, 0.5, seed=1)
     apply_masks(model, masks)
     for t in (TrainingHparams(optimizer="adam", weight_decay=0.1), TrainingHparams(optimizer="sgd", momentum=0.9, weight_decay=0.1)):
         opt = make_optimizer(model, t)

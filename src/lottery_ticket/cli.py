@@ -153,14 +153,20 @@ def _check_device(device: str) -> None:
                            f"(cuda:0 to cuda:{count - 1})")
 
 
+def _threads(args, default: int) -> int:
+    """--threads, checked, or `default`."""
+    if args.threads is not None and args.threads < 1:
+        raise LotteryError("--threads must be >= 1")
+    return args.threads or default
+
+
 def _workers(args, jobs: int, model: str | None = None) -> tuple[int, int]:
     from lottery_ticket.runner import default_threads, default_workers
 
+    if args.workers is not None and args.workers < 1:
+        raise LotteryError("--workers must be >= 1")
     workers = args.workers or default_workers(jobs)
-    threads = args.threads or default_threads(workers, model)
-    if workers < 1 or threads < 1:
-        raise LotteryError("--workers and --threads must be >= 1")
-    return workers, threads
+    return workers, _threads(args, default_threads(workers, model))
 
 
 def _with_eval_threads(ctx, workers: int):
@@ -173,34 +179,28 @@ def _with_eval_threads(ctx, workers: int):
 
 
 def cmd_train(args) -> None:
-    import torch
-
     from lottery_ticket.masking import load_masks
-    from lottery_ticket.runner import load_splits, new_model, trial_seeds
+    from lottery_ticket.runner import default_threads, load_splits, new_model, trial_seeds
     from lottery_ticket.store import load_tensors
-    from lottery_ticket.trainer import train
+    from lottery_ticket.trainer import threads, train
 
     hp = hparams_from_args(args)
-    ctx = _context(args)
+    ctx = _with_eval_threads(_context(args), 1)
+    train_threads = _threads(args, default_threads(1, hp.model.model))
     _check_device(ctx.device)
     seeds = trial_seeds(args.seed, args.trial)
     splits = load_splits(hp, ctx, seeds["labels"])
     presets = load_tensors(args.presets) if args.presets else None
     model = new_model(hp, splits, seeds["model"], presets)
-    masks = load_masks(args.masks if len(args.masks or []) != 1 else args.masks[0]) if args.masks else None
-    from lottery_ticket.runner import default_threads
-
-    if args.threads is not None and args.threads < 1:
-        raise LotteryError("--threads must be >= 1")
-    torch.set_num_threads(args.threads or default_threads(1, hp.model.model))
-    ctx = _with_eval_threads(ctx, 1)
-    result = train(
-        model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
-        run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
-                  "masks": args.masks, "presets": args.presets},
-        device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-        eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
-    )
+    masks = load_masks(args.masks) if args.masks else None
+    with threads(train_threads):
+        result = train(
+            model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
+            run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
+                      "masks": args.masks, "presets": args.presets},
+            device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
+            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
+        )
     if not args.quiet:
         last = {split: (loss, acc) for _, split, loss, acc in result.metrics}
         print(f"done: {args.output_dir}  test accuracy {last['test'][1]:.4f}  "
@@ -221,12 +221,11 @@ def cmd_lottery(args) -> None:
     _check_device(ctx.device)
     prepare_experiment(args.output_dir, hp, args.seed)
     if args.batched:
-        import torch
-
         from lottery_ticket.runner import lottery_batched
+        from lottery_ticket.trainer import threads
 
-        torch.set_num_threads(args.threads or os.cpu_count() or 1)
-        lottery_batched(args.output_dir, hp.to_dict(), args.seed, list(range(args.trials)), args.levels, ctx)
+        with threads(_threads(args, os.cpu_count() or 1)):
+            lottery_batched(args.output_dir, hp.to_dict(), args.seed, list(range(args.trials)), args.levels, ctx)
     else:
         workers, threads = _workers(args, args.trials, hp.model.model)
         jobs = [(args.output_dir, hp.to_dict(), args.seed, trial, args.levels) for trial in range(args.trials)]
@@ -249,12 +248,11 @@ def cmd_reinit(args) -> None:
     _check_device(ctx.device)
     jobs = control_jobs(args.experiment, args.control, parse_levels(args.levels), args.runs)
     if args.batched:
-        import torch
-
         from lottery_ticket.runner import control_runs_batched
+        from lottery_ticket.trainer import threads
 
-        torch.set_num_threads(args.threads or os.cpu_count() or 1)
-        control_runs_batched(jobs, ctx)
+        with threads(_threads(args, os.cpu_count() or 1)):
+            control_runs_batched(jobs, ctx)
     else:
         from lottery_ticket.store import read_json
 
@@ -293,13 +291,13 @@ def sweep_lines(argfile: str) -> list[str]:
 
 def run_sweep_line(line: str, threads: int) -> None:
     """One argfile line, run in this process with one worker (parallelism is across lines)."""
-    import torch
+    from lottery_ticket.trainer import threads as torch_threads
 
-    torch.set_num_threads(threads)
     words = shlex.split(line)
     if words[0] in ("lottery", "reinit") and "--workers" not in words:
         words += ["--workers", "1", "--threads", str(threads)]
-    run(words)
+    with torch_threads(threads):
+        run(words)
 
 
 def cmd_sweep(args) -> None:

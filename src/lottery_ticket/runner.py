@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -34,6 +34,9 @@ from lottery_ticket.trainer import (
     train,
     versions,
     write_run,
+)
+from lottery_ticket.trainer import (
+    threads as torch_threads,
 )
 
 
@@ -180,7 +183,7 @@ def lottery_trial(exp_dir: str, hp_dict: dict, seed: int, trial: int, levels: in
             start_iteration=rewind if level > 0 else 0,
         )
         report_run(out, result, started, ctx)
-        return (result.rewind if result.rewind is not None else result.initial), result.final
+        return result.rewind, result.final
 
     prune_masks = pruner(hp, make_model(None))
     experiment(make_dataset, make_model, train_model, prune_masks, levels)
@@ -290,7 +293,7 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
                 result = load_result(out)
                 final[t] = result.final
                 if level == 0:
-                    reset[t] = result.rewind if result.rewind is not None else result.initial
+                    reset[t] = result.rewind
             else:
                 todo.append((t, model, out, record))
         if not todo:
@@ -304,11 +307,10 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
             report_run(out, result, started, ctx)
             final[t] = result.final
             if level == 0:
-                reset[t] = result.rewind if result.rewind is not None else result.initial
+                reset[t] = result.rewind
 
 
 def _without_rewind(hp: Hparams) -> Hparams:
-    from dataclasses import replace
 
     return replace(hp, training=replace(hp.training, rewind_iteration=0))
 
@@ -367,26 +369,18 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _call(fn, args, kwargs):
-    return fn(*args, **kwargs)
-
-
 def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context) -> None:
     """Run fn(*job, ctx) for every job: in this process if `workers` is 1, else in a process pool."""
     if workers <= 1 or len(jobs) <= 1:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             for job in jobs:
                 fn(*job, ctx)
-        finally:
-            torch.set_num_threads(previous)
         return
-    worker_ctx = Context(**{**asdict(ctx), "bars": False})
+    worker_ctx = replace(ctx, bars=False)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:
-        futures = [pool.submit(_call, fn, (*job, worker_ctx), {}) for job in jobs]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        futures = [pool.submit(fn, *job, worker_ctx) for job in jobs]
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
             future.cancel()
         for future in futures:

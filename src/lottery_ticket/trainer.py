@@ -63,7 +63,9 @@ class TrainingDiverged(LotteryError):
 class TrainResult:
     initial: dict[str, torch.Tensor]  # state dict before training (masks applied)
     final: dict[str, torch.Tensor]  # state dict after training
-    rewind: dict[str, torch.Tensor] | None  # state dict at the rewind iteration (late rewinding)
+    # the state dict later levels reset to: `initial`, or the one at --rewind-iteration (late
+    # rewinding; None only if training stopped before reaching it)
+    rewind: dict[str, torch.Tensor] | None
     metrics: list[tuple[int, str, float, float]] = field(default_factory=list)
     resumed_from: int = 0  # iteration the run continued from (0 if it started fresh)
 
@@ -291,10 +293,11 @@ def load_result(out: str | Path) -> TrainResult:
     """The result of a complete run, read back from its files."""
     out = Path(out)
     rewind_file = out / paths.REWIND
+    initial = load_tensors(out / paths.INITIAL)
     return TrainResult(
-        initial=load_tensors(out / paths.INITIAL),
+        initial=initial,
         final=load_tensors(out / paths.FINAL),
-        rewind=load_tensors(rewind_file) if rewind_file.exists() else None,  # None: rewind to initial
+        rewind=load_tensors(rewind_file) if rewind_file.exists() else initial,
         metrics=read_metrics(out / paths.METRICS),
     )
 
@@ -400,12 +403,14 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
 
         background, snapshot = ThreadPoolExecutor(1, thread_name_prefix="evaluate"), copy.deepcopy(model)
 
+    def record(new: list) -> None:
+        rows.extend(new)
+        tensorboard.log(new)
+
     def write_progress(iteration: int) -> None:
         if out is None:
             return
-        done = finished_evaluations()
-        rows.extend(done)
-        tensorboard.log(done)
+        record(finished_evaluations())
         save_checkpoint(checkpoint_dir, model, optimizer, iteration, {"metrics": rows},
                         {"window_loss": window_loss, "window_correct": window_correct})
         write_text_atomic(out / paths.METRICS, metrics_csv(rows))
@@ -426,8 +431,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     end = total if stop_after is None else min(total, stop_after)
     try:
         if start == first:
-            rows.extend(log_evaluation(start, 0))
-            tensorboard.log(rows)
+            record(log_evaluation(start, 0))
         while iteration < end:
             if schedule:
                 lr = learning_rate(t, iteration)
@@ -450,20 +454,18 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
                     save_tensors(out / paths.REWIND, rewind)
             if iteration % t.eval_every == 0 or iteration == total:
                 new = log_evaluation(iteration, window)
-                rows.extend(new)
-                tensorboard.log(new)
+                record(new)
                 window = 0
-                named = {s: (lo, a) for _, s, lo, a in new}
-                if bar is not None and "validation" in named:
+                if bar is not None:
                     bar.update(iteration - bar.n)
-                    bar.set_postfix(loss=f"{named['validation'][0]:.4f}", test_acc=f"{named['test'][1]:.4f}",
-                                    refresh=False)
+                    named = {s: (lo, a) for _, s, lo, a in new}
+                    if "validation" in named:  # (background evaluation: none finished yet)
+                        bar.set_postfix(loss=f"{named['validation'][0]:.4f}",
+                                        test_acc=f"{named['test'][1]:.4f}", refresh=False)
                 if out is not None and time.monotonic() - last_checkpoint >= checkpoint_seconds and iteration < total:
                     write_progress(iteration)
                     last_checkpoint = time.monotonic()
-        done = finished_evaluations()  # one still running in the background (stop_after)
-        rows.extend(done)
-        tensorboard.log(done)
+        record(finished_evaluations())  # one still running in the background (stop_after)
     except _Diverged as d:
         where = "no checkpoint was written"
         if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):

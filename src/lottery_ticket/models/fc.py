@@ -28,9 +28,12 @@ class FullyConnected(nn.Module):
         return self.output(x)
 
 
+NAME_PATTERN = r"lenet_300_100|fc(_[1-9][0-9]*)+"
+
+
 def is_fully_connected(name: str) -> bool:
     """Whether `name` is a model of this family (small steps: fastest on one thread per run)."""
-    return name == "lenet_300_100" or re.fullmatch(r"fc(_[1-9][0-9]*)+", name) is not None
+    return re.fullmatch(NAME_PATTERN, name) is not None
 
 
 def build_fc(name: str, num_classes: int, input_shape: tuple[int, ...], **options) -> FullyConnected:
@@ -44,7 +47,7 @@ def build_fc(name: str, num_classes: int, input_shape: tuple[int, ...], **option
 
 register(
     ModelEntry(
-        pattern=r"lenet_300_100|fc(_[1-9][0-9]*)+",  # keep in sync with is_fully_connected
+        pattern=NAME_PATTERN,
         build=build_fc,
         examples=("lenet_300_100", "fc_300_100", "fc_1000"),
         default_preset="paper",
