@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.fast_optim import make_update
 from lottery_ticket.hparams import Hparams, milestones
 from lottery_ticket.masking import Masks, apply_masks, check_masks, full_masks, mask_gradients
 from lottery_ticket.models.fc import FullyConnected
@@ -89,6 +90,7 @@ def make_batched_step(stacked: StackedFC, optimizer: torch.optim.Optimizer, mask
     weights, biases = list(stacked.weights), list(stacked.biases)
     params = [p for pair in zip(weights, biases, strict=True) for p in pair]
     buffers: dict[tuple[int, int], dict] = {}
+    update = make_update(optimizer)
 
     def grad_of(p: nn.Parameter) -> torch.Tensor:
         if p.grad is None:
@@ -133,7 +135,7 @@ def make_batched_step(stacked: StackedFC, optimizer: torch.optim.Optimizer, mask
             gh = torch.bmm(g, weights[i], out=b["grads"][i - 1])
             g = _relu_backward(gh, inputs[i], 0, grad_input=gh)
         mask_gradients(zip(grads[0::2], masks, strict=True))
-        optimizer.step()
+        update()
         return loss, correct
 
     return step

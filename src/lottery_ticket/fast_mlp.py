@@ -12,8 +12,9 @@ runs the same kernels by hand:
   in autograd's formulation (g^T h for weights, g W for activations, threshold_backward for
   ReLU); no gradient is computed for the input (the data needs none);
 * `masking.mask_gradients` on (grad, mask) pairs -- the one place masks touch gradients;
-* `optimizer.step()` of the caller's own torch optimizer, so its state dict, checkpoints and
-  resume stay exactly those of the general path.
+* the caller's own torch optimizer, stepped through `fast_optim.make_update` (its fused kernel
+  called directly, bitwise `optimizer.step()`), so its state dict, checkpoints and resume stay
+  exactly those of the general path.
 
 Because every kernel and its operands match autograd's, a step is bitwise identical to
 `trainer.autograd_step` (tests/test_fast_mlp.py). The weights stay the model's own Parameters
@@ -26,6 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from lottery_ticket.fast_optim import make_update
 from lottery_ticket.masking import Masks, gradient_mask_pairs, mask_gradients
 from lottery_ticket.models.fc import FullyConnected
 
@@ -86,6 +88,7 @@ def make_step(model: FullyConnected, optimizer: torch.optim.Optimizer, masks: Ma
     if len(masked) != len(mask_of):
         raise ValueError("masks name tensors that are not weights of the fully-connected layers")
     buffers: dict[int, _Buffers] = {}
+    update = make_update(optimizer)
 
     def grad_of(p: nn.Parameter) -> torch.Tensor:
         # Created once; recreated if someone set it to None (e.g. optimizer.zero_grad()).
@@ -127,7 +130,7 @@ def make_step(model: FullyConnected, optimizer: torch.optim.Optimizer, masks: Ma
             gh = torch.mm(g, weights[i], out=b.grads[i - 1])
             g = _relu_backward(gh, inputs[i], 0, grad_input=gh)
         mask_gradients([(grads[k], mask) for k, mask in masked])
-        optimizer.step()
+        update()
         return loss, correct
 
     return step

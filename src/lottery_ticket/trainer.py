@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from lottery_ticket import paths
 from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.fast_optim import make_update
 from lottery_ticket.hparams import Hparams, TrainingHparams, milestones
 from lottery_ticket.lock import RunLock
 from lottery_ticket.masking import (
@@ -117,6 +118,7 @@ def autograd_step(model: nn.Module, optimizer: torch.optim.Optimizer, masks: Mas
     """One training step for any model: forward, backward, mask gradients, optimizer update."""
     pairs = gradient_mask_pairs(model, masks)
     grad_pairs: list = []
+    update = make_update(optimizer)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         optimizer.zero_grad(set_to_none=False)
@@ -126,7 +128,7 @@ def autograd_step(model: nn.Module, optimizer: torch.optim.Optimizer, masks: Mas
         if not grad_pairs:
             grad_pairs.extend((p.grad, m) for p, m in pairs)
         mask_gradients(grad_pairs)
-        optimizer.step()
+        update()
         return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
     return step
