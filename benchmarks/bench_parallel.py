@@ -1,11 +1,18 @@
 """Two LeNet runs in parallel (2 processes x 1 thread) vs the same two runs one after the other.
 
-The sequential baseline is measured with 1 and with 2 torch threads and the better one is used,
-so the ratio is honest. Also timed: both networks in ONE process as one batched computation
-(`batched.train_batched`, 1 and 2 threads). Every contender trains the same two runs (paper
-hyperparameters, evaluation every 100 iterations on validation + test, different order seeds and
-initializations). Data loading and process start-up are excluded: parallel workers load their data,
-then wait at a barrier; the clock starts when they are released.
+Every contender trains the same two runs (paper hyperparameters, evaluation every 100 iterations
+on validation + test, the training split at the end, different order seeds and initializations):
+
+* in parallel, one process per core with one thread each, evaluating inline (what the worker pool
+  of `lth lottery`, `lth reinit` and `lth sweep` does);
+* one after the other with the same settings (one thread, evaluation inline): the target ratio;
+* one after the other on 2 threads, and one after the other as a lone `lth train` runs (training
+  on one thread, evaluation in a background thread on the second core): a lone run already uses
+  both cores these ways, so these ratios say how much parallel runs add over the best lone run;
+* both networks in ONE process as one batched computation (`batched.train_batched`).
+
+Data loading and process start-up are excluded: parallel workers load their data, then wait at a
+barrier; the clock starts when they are released.
 
     .venv/bin/python benchmarks/bench_parallel.py [--iterations 2000] [--repeats 2]
 """
@@ -20,17 +27,11 @@ from dataclasses import replace
 import torch
 from benchmarks_common import load_splits
 
+from lottery_ticket import trainer
 from lottery_ticket.hparams import preset_hparams
 from lottery_ticket.models import build_model
 
 SEEDS = (0, 1)
-
-
-def trainer_module(changes: str = ""):
-    """The trainer (the `changes` hook of earlier measurements is gone: they were adopted)."""
-    from lottery_ticket import trainer
-
-    return trainer
 
 
 def hparams(iterations: int):
@@ -38,25 +39,25 @@ def hparams(iterations: int):
     return replace(hp, training=replace(hp.training, iterations=iterations))
 
 
-def one_run(trainer, splits, hp, seed: int) -> None:
-    trainer.train(build_model("lenet_300_100", seed=seed), splits, hp, order_seed=seed)
+def one_run(splits, hp, seed: int, background_eval: bool = False) -> None:
+    trainer.train(build_model("lenet_300_100", seed=seed), splits, hp, order_seed=seed,
+                  eval_threads=2 if background_eval else None, background_eval=background_eval)
 
 
-def worker(seed: int, iterations: int, changes: str, barrier, done) -> None:
+def worker(seed: int, iterations: int, barrier, done) -> None:
     torch.set_num_threads(1)
-    trainer = trainer_module(changes)
     splits = load_splits()
     hp = hparams(iterations)
-    one_run(trainer, splits, hp, seed)  # warm-up (first-call costs), then wait for the other worker
+    one_run(splits, hp, seed)  # warm-up (first-call costs), then wait for the other worker
     barrier.wait()
-    one_run(trainer, splits, hp, seed)
+    one_run(splits, hp, seed)
     done.put(time.perf_counter())
 
 
-def parallel(iterations: int, changes: str) -> float:
+def parallel(iterations: int) -> float:
     context = mp.get_context("spawn")
     barrier, done = context.Barrier(len(SEEDS) + 1), context.Queue()
-    workers = [context.Process(target=worker, args=(s, iterations, changes, barrier, done)) for s in SEEDS]
+    workers = [context.Process(target=worker, args=(s, iterations, barrier, done)) for s in SEEDS]
     for w in workers:
         w.start()
     barrier.wait()
@@ -69,22 +70,19 @@ def parallel(iterations: int, changes: str) -> float:
     return finished - started
 
 
-def sequential(iterations: int, changes: str, threads: int, splits) -> float:
+def sequential(iterations: int, threads: int, splits, background_eval: bool = False) -> float:
     torch.set_num_threads(threads)
-    trainer = trainer_module(changes)
     hp = hparams(iterations)
-    one_run(trainer, splits, hp, 0)  # warm-up
+    one_run(splits, hp, 0, background_eval)  # warm-up
     started = time.perf_counter()
     for seed in SEEDS:
-        one_run(trainer, splits, hp, seed)
+        one_run(splits, hp, seed, background_eval)
     return time.perf_counter() - started
 
 
-def batched(iterations: int, threads: int, splits, changes: str) -> float:
-    from lottery_ticket import batched as module
+def batched(iterations: int, threads: int, splits) -> float:
     from lottery_ticket.batched import train_batched
 
-    module.make_optimizer = trainer_module(changes).make_optimizer  # the same optimizer as the runs
     torch.set_num_threads(threads)
     hp = hparams(iterations)
     models = [build_model("lenet_300_100", seed=s) for s in SEEDS]
@@ -105,22 +103,24 @@ def main() -> None:
         print(f"load average before: {f.read().split()[:3]}")
     print(f"2 runs of {args.iterations} iterations each, evaluation every 100:")
     contenders = {
-        "parallel, 2 processes x 1 thread": lambda: parallel(args.iterations, ""),
-        "sequential, 1 thread": lambda: sequential(args.iterations, "", 1, splits),
-        "sequential, 2 threads": lambda: sequential(args.iterations, "", 2, splits),
+        "parallel, 2 processes x 1 thread": lambda: parallel(args.iterations),
+        "sequential, 1 thread": lambda: sequential(args.iterations, 1, splits),
+        "sequential, 2 threads": lambda: sequential(args.iterations, 2, splits),
+        "sequential, as lth train (1 + background)": lambda: sequential(args.iterations, 1, splits, True),
     }
     if not args.no_batched:
-        contenders["batched (train_batched K=2), 1 thread"] = lambda: batched(args.iterations, 1, splits, "")
-        contenders["batched (train_batched K=2), 2 threads"] = lambda: batched(args.iterations, 2, splits, "")
+        contenders["batched (train_batched K=2), 1 thread"] = lambda: batched(args.iterations, 1, splits)
+        contenders["batched (train_batched K=2), 2 threads"] = lambda: batched(args.iterations, 2, splits)
     samples = {name: [] for name in contenders}
     for _ in range(args.repeats):  # interleaved; the best of the repeats is the least disturbed
         for name, fn in contenders.items():
             samples[name].append(fn())
     times = {name: min(values) for name, values in samples.items()}
-    baseline = min(times["sequential, 1 thread"], times["sequential, 2 threads"])
+    same = times["sequential, 1 thread"]
+    best = min(v for k, v in times.items() if k.startswith("sequential"))
     for name, seconds in times.items():
-        print(f"  {name:40s} {seconds:7.2f} s   ratio to the best sequential: {seconds / baseline:.2f}   "
-              f"(all repeats: {', '.join(f'{v:.2f}' for v in samples[name])})")
+        print(f"  {name:42s} {seconds:7.2f} s   / same runs sequential {seconds / same:.2f}   "
+              f"/ best sequential {seconds / best:.2f}   (all repeats: {', '.join(f'{v:.2f}' for v in samples[name])})")
     with open("/proc/loadavg") as f:
         print(f"load average after: {f.read().split()[:3]}")
 

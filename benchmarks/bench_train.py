@@ -2,35 +2,38 @@
 
 (a) the plain reference loop: an nn.Module, autograd, torch.optim.Adam with default settings,
     masks re-applied after every step by multiplying the weights, batches sliced from in-memory
-    tensors;
+    tensors (also shown: the same loop fed by a DataLoader, as a textbook loop is, with a
+    `loss.item()` per step; it is slower, so the ratios use the sliced one);
 (b) our training step: `trainer.make_step(..., fast=True)` with `trainer.make_optimizer`'s
-    optimizer (fused Adam);
-(c) a whole run, `trainer.train` with the paper's evaluation schedule (every 100 iterations on
-    5,000 validation + 10,000 test examples, the full training split at the end), against the
-    reference loop with the same evaluations; projected to the paper's 50,000 iterations; also
-    with evaluation in a background thread on the spare core, as `lth train` runs it;
+    optimizer (fused Adam, stepped by `fast_optim`);
+(c) end to end: `lth train --preset paper` (the CLI's own `main`, called in this process: data
+    loading, evaluation every 100 iterations on 5,000 validation + 10,000 test examples, the
+    training split at the end, metrics, TensorBoard, checkpoints), against the reference loop
+    with the same evaluations on 1 and on 2 threads; 50,000 iterations by default, as the paper;
 (d) the large-matmul rate (2048x2048 sgemm), for the arithmetic floor of one step.
 
-Throughputs are medians of interleaved repeats (the machine may be shared). Run:
+(a), (b) and (d) are measured at each thread count and repeated, interleaved, so that other jobs
+on the machine hit all alike; the median counts. Run:
 
-    .venv/bin/python benchmarks/bench_train.py [--threads 1,2] [--steps 600] [--repeats 3]
-        [--run-iterations 3000] [--run-threads 1] [--run-repeats 1]
+    .venv/bin/python benchmarks/bench_train.py [--threads 1,2] [--steps 600] [--repeats 5]
+        [--run-iterations 50000] [--run-threads 1,2]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import tempfile
 import time
-from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from benchmarks_common import lenet_flops_per_step, load_splits
+from benchmarks_common import data_root, lenet_flops_per_step, load_splits
+from torch.utils.data import DataLoader, TensorDataset
 
-from lottery_ticket import trainer
+from lottery_ticket import cli, trainer
 from lottery_ticket.hparams import preset_hparams
 from lottery_ticket.masking import full_masks
 from lottery_ticket.models import build_model
@@ -84,10 +87,27 @@ class SlicedBatches:
         return self.x[start:start + BATCH], self.y[start:start + BATCH]
 
 
+class LoaderBatches:
+    """The textbook way: a shuffling DataLoader over a TensorDataset, restarted at each epoch."""
+
+    def __init__(self, splits):
+        dataset = TensorDataset(splits.train_x, splits.train_y)
+        self.loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True,
+                                 generator=torch.Generator().manual_seed(0))
+        self.batches = iter(self.loader)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+
 class ReferenceLoop:
     """(a): the plain loop. `run(n)` trains n steps; `evaluate` is the plain evaluation."""
 
-    def __init__(self, splits, masks):
+    def __init__(self, splits, masks, loader: bool = False):
         self.model = Reference()
         self.masks = [(layer.weight, masks[name]) for layer, name in
                       zip((self.model.fc1, self.model.fc2, self.model.fc3), masks, strict=True)]
@@ -95,7 +115,9 @@ class ReferenceLoop:
             for w, m in self.masks:
                 w.mul_(m)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1.2e-3)
-        self.batches = SlicedBatches(splits)
+        self.batches = LoaderBatches(splits) if loader else SlicedBatches(splits)
+        self.log_every_step = loader
+        self.running_loss = 0.0
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
@@ -107,6 +129,8 @@ class ReferenceLoop:
             with torch.no_grad():
                 for w, m in self.masks:
                     w.mul_(m)
+            if self.log_every_step:
+                self.running_loss += loss.item()
 
     @torch.no_grad()
     def evaluate(self, x, y) -> tuple[float, float]:
@@ -155,19 +179,79 @@ def rate(fn, steps: int) -> float:
     return steps / (time.perf_counter() - started)
 
 
+def step_throughput(splits, masks, thread_counts: list[int], steps: int, repeats: int) -> None:
+    """(a), (b), (d) at each thread count."""
+    flops = lenet_flops_per_step(BATCH)
+    results = {}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        contenders = {
+            "reference": ReferenceLoop(splits, masks).run,
+            "reference with a DataLoader": ReferenceLoop(splits, masks, loader=True).run,
+            "ours": OurSteps(splits, masks, trainer.make_optimizer).run,
+        }
+        for fn in contenders.values():
+            fn(50)  # warm-up
+        samples = {name: [] for name in contenders}
+        samples["matmul GFLOP/s"] = []
+        for _ in range(repeats):  # interleaved, so that load changes hit all alike
+            for name, fn in contenders.items():
+                samples[name].append(rate(fn, steps))
+            samples["matmul GFLOP/s"].append(matmul_rate())
+        results[threads] = {name: statistics.median(v) for name, v in samples.items()}
+
+    print("\nstep throughput (median it/s of interleaved repeats; floor = large-matmul rate / FLOPs per step)")
+    best_reference = max(r["reference"] for r in results.values())
+    for threads, r in results.items():
+        floor = r["matmul GFLOP/s"] * 1e9 / flops
+        print(f"  {threads} thread(s): large matmul {r['matmul GFLOP/s']:.1f} GFLOP/s -> floor {floor:.0f} it/s")
+        for name in ("reference", "reference with a DataLoader", "ours"):
+            it_s = r[name]
+            print(f"    {name:28s} {it_s:6.0f} it/s  {it_s * flops / 1e9:5.1f} GFLOP/s  "
+                  f"x{it_s / r['reference']:.2f} vs reference at {threads} thread(s)  "
+                  f"x{it_s / best_reference:.2f} vs the best reference  {it_s / floor:.2f} of this floor")
+
+
+def end_to_end(splits, n: int, thread_counts: list[int]) -> None:
+    """(c): `lth train --preset paper` against the reference loop with the same evaluations."""
+    hp = preset_hparams("paper")
+    eval_every = hp.training.eval_every
+    print(f"\nend to end, {n} iterations, evaluation every {eval_every} on {len(splits.validation_y)} + "
+          f"{len(splits.test_y)} examples (+ the training split at the end); load average {load_average()}")
+    masks = full_masks(build_model("lenet_300_100", seed=0))  # a dense run, as `lth train` without --masks
+    seconds = {}
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        ReferenceLoop(splits, masks).run_with_evaluations(splits, n, eval_every)
+        seconds[f"reference loop, {threads} thread(s)"] = time.perf_counter() - started
+        print(f"  reference loop, {threads} thread(s): {seconds[f'reference loop, {threads} thread(s)']:.1f} s",
+              flush=True)
+    root = data_root()
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["train", "--preset", "paper", "--iterations", str(n), "--output-dir", str(Path(tmp) / "run"),
+                "--quiet", "--no-download"] + (["--data-root", str(root)] if root is not None else [])
+        started = time.perf_counter()
+        if cli.main(argv) != 0:
+            raise SystemExit("lth train failed")
+        seconds["lth " + " ".join(argv[:3]) + " (its defaults)"] = time.perf_counter() - started
+    best_reference = min(v for k, v in seconds.items() if k.startswith("reference"))
+    for name, s in seconds.items():
+        projected = f"  ({s * PAPER_ITERATIONS / n:.0f} s per 50,000 iterations, projected)" if n < PAPER_ITERATIONS else ""
+        print(f"  {name:44s} {s:7.1f} s  x{best_reference / s:.2f} vs the best reference{projected}")
+    print(f"  (the reference gets its data already in memory; `lth train` loads it, writes metrics, TensorBoard "
+          f"and checkpoints; load average {load_average()})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts to measure")
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts for (a), (b), (d)")
     parser.add_argument("--steps", type=int, default=600, help="training steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--run-iterations", type=int, default=3000,
-                        help="iterations of the end-to-end runs (0: skip them)")
-    parser.add_argument("--run-threads", type=int, default=1,
-                        help="threads for the end-to-end runs (default 1: under load, 2 OpenMP threads "
-                             "collapse, see PROFILE.md)")
-    parser.add_argument("--run-repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of (a), (b), (d)")
+    parser.add_argument("--run-iterations", type=int, default=PAPER_ITERATIONS,
+                        help="iterations of the end-to-end runs (c) (0: skip them)")
+    parser.add_argument("--run-threads", default="1,2", help="thread counts of the reference loop in (c)")
     args = parser.parse_args()
-    thread_counts = [int(t) for t in args.threads.split(",")]
     splits = load_splits()
     masks = level1_masks(build_model("lenet_300_100", seed=0))
     flops = lenet_flops_per_step(BATCH)
@@ -176,80 +260,9 @@ def main() -> None:
           f"load average {load_average()}")
     print(f"FLOPs per step: {flops / 1e6:.1f} M (forward + weight gradients + input gradients of layers 2-3; "
           f"{naive_flops / 1e6:.1f} M if the first layer's input gradient were computed too)")
-
-    results = {}
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
-        reference = ReferenceLoop(splits, masks)
-        ours = OurSteps(splits, masks, trainer.make_optimizer)
-        contenders = {"reference": reference.run, "ours": ours.run}
-        for fn in contenders.values():
-            fn(50)  # warm-up
-        samples = {name: [] for name in contenders}
-        samples["matmul GFLOP/s"] = []
-        for _ in range(args.repeats):  # interleaved, so that load changes hit all alike
-            for name, fn in contenders.items():
-                samples[name].append(rate(fn, args.steps))
-            samples["matmul GFLOP/s"].append(matmul_rate())
-        results[threads] = {name: statistics.median(v) for name, v in samples.items()}
-
-    print("\nstep throughput (median it/s of interleaved repeats; floor = large-matmul rate / FLOPs per step)")
-    best_reference = max(r["reference"] for r in results.values())
-    best_gflops = max(r["matmul GFLOP/s"] for r in results.values())
-    for threads, r in results.items():
-        floor = r["matmul GFLOP/s"] * 1e9 / flops
-        print(f"  {threads} thread(s): large matmul {r['matmul GFLOP/s']:.1f} GFLOP/s -> floor {floor:.0f} it/s")
-        for name in ("reference", "ours"):
-            it_s = r[name]
-            print(f"    {name:26s} {it_s:7.0f} it/s  {it_s * flops / 1e9:6.1f} GFLOP/s  "
-                  f"x{it_s / r['reference']:.2f} vs reference at {threads} thread(s)  "
-                  f"x{it_s / best_reference:.2f} vs best reference  {it_s / floor:.2f} of this floor  "
-                  f"{it_s * flops / 1e9 / best_gflops:.2f} of the best floor")
-
-    if args.run_iterations <= 0:
-        return
-    end_to_end(splits, masks, args.run_iterations, args.run_threads, args.run_repeats)
-
-
-def end_to_end(splits, masks, n: int, threads: int, repeats: int) -> None:
-    """(c): whole runs with the paper's evaluation schedule, interleaved `repeats` times."""
-    torch.set_num_threads(threads)
-    hp = preset_hparams("paper")
-    hp = replace(hp, training=replace(hp.training, iterations=n))
-    print(f"\nend to end, {n} iterations, evaluation every {hp.training.eval_every} on "
-          f"{len(splits.validation_y)} + {len(splits.test_y)} examples (+ the training split at the end), "
-          f"{threads} thread(s), best of {repeats}:")
-    model = build_model("lenet_300_100", seed=0)
-    full_train = time.perf_counter()
-    trainer.evaluate(model, splits.train_x, splits.train_y)
-    full_train = time.perf_counter() - full_train
-
-    def train_with(module):
-        return lambda: module.train(build_model("lenet_300_100", seed=0), splits, hp, order_seed=0, masks=masks)
-
-    cores = os.cpu_count() or 1
-    runs = {
-        "reference loop": lambda: ReferenceLoop(splits, masks).run_with_evaluations(splits, n, hp.training.eval_every),
-        "trainer.train (as is)": train_with(trainer),
-        # what `lth train` does: training on `threads`, evaluation in the background on the spare core
-        "trainer.train, background evaluation": lambda: trainer.train(
-            build_model("lenet_300_100", seed=0), splits, hp, order_seed=0, masks=masks, eval_threads=cores,
-            background_eval=cores > 1),
-    }
-    seconds = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            started = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - started)
-    reference = min(seconds["reference loop"])
-    for name, values in seconds.items():
-        s = min(values)
-        projected = (s - full_train) * PAPER_ITERATIONS / n + full_train
-        print(f"  {name:44s} {s:7.2f} s  projected to 50,000 iterations: {projected:5.0f} s  "
-              f"x{reference / s:.2f} vs reference loop")
-    print(f"  (one evaluation of the training split, counted once in the projection: {full_train:.2f} s; "
-          f"load average {load_average()})")
+    step_throughput(splits, masks, [int(t) for t in args.threads.split(",")], args.steps, args.repeats)
+    if args.run_iterations > 0:
+        end_to_end(splits, args.run_iterations, [int(t) for t in args.run_threads.split(",")])
 
 
 if __name__ == "__main__":

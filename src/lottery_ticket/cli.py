@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lottery_ticket import paths
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import PRESETS, add_hparam_flags, hparams_from_args
 
@@ -208,7 +209,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_lottery(args) -> None:
-    from lottery_ticket.runner import lottery_trial, prepare_experiment, run_jobs
+    from lottery_ticket.runner import lottery_trial, prepare_experiment, run_jobs, shared_datasets
 
     hp = hparams_from_args(args)
     if args.levels < 0 or args.trials < 1:
@@ -229,7 +230,8 @@ def cmd_lottery(args) -> None:
     else:
         workers, threads = _workers(args, args.trials, hp.model.model)
         jobs = [(args.output_dir, hp.to_dict(), args.seed, trial, args.levels) for trial in range(args.trials)]
-        run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers))
+        datasets = shared_datasets(hp, ctx) if workers > 1 and len(jobs) > 1 else None
+        run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers), datasets)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
@@ -240,7 +242,7 @@ def cmd_lottery(args) -> None:
 
 
 def cmd_reinit(args) -> None:
-    from lottery_ticket.runner import control_jobs, control_run, run_jobs
+    from lottery_ticket.runner import control_jobs, control_run, run_jobs, shared_datasets
 
     if args.runs < 1:
         raise LotteryError("--runs must be >= 1")
@@ -254,11 +256,13 @@ def cmd_reinit(args) -> None:
         with threads(_threads(args, os.cpu_count() or 1)):
             control_runs_batched(jobs, ctx)
     else:
+        from lottery_ticket.hparams import Hparams
         from lottery_ticket.store import read_json
 
-        model = read_json(Path(args.experiment) / "experiment.json")["hparams"]["model"]["model"]
-        workers, threads = _workers(args, len(jobs), model)
-        run_jobs(control_run, jobs, workers, threads, _with_eval_threads(ctx, workers))
+        hp = Hparams.from_dict(read_json(Path(args.experiment) / paths.EXPERIMENT_FILE)["hparams"])
+        workers, threads = _workers(args, len(jobs), hp.model.model)
+        datasets = shared_datasets(hp, ctx) if workers > 1 and len(jobs) > 1 else None
+        run_jobs(control_run, jobs, workers, threads, _with_eval_threads(ctx, workers), datasets)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 

@@ -71,16 +71,24 @@ class Context:
 
 # --------------------------------------------------------------------------- building blocks
 
-_DATASETS: dict = {}
+_DATASETS: dict = {}  # the dataset this process loaded last
+_SHARED_DATASETS: dict = {}  # datasets a parent process handed to this worker in shared memory
+
+
+def _dataset_key(hp: Hparams, ctx: Context, labels_seed: int | None) -> tuple:
+    d = hp.dataset
+    return (d.dataset, ctx.data_root, d.validation_size, d.split_seed, d.normalization,
+            labels_seed if d.permute_labels else None)
 
 
 def load_splits(hp: Hparams, ctx: Context, labels_seed: int | None):
-    """The dataset for these hyperparameters (cached in this process)."""
+    """The dataset for these hyperparameters (cached in this process, or shared by the parent)."""
     from lottery_ticket.data import load_dataset
 
     d = hp.dataset
-    key = (d.dataset, ctx.data_root, d.validation_size, d.split_seed, d.normalization,
-           labels_seed if d.permute_labels else None)
+    key = _dataset_key(hp, ctx, labels_seed)
+    if key in _SHARED_DATASETS:
+        return _SHARED_DATASETS[key]
     if key not in _DATASETS:
         _DATASETS.clear()
         _DATASETS[key] = load_dataset(
@@ -88,6 +96,18 @@ def load_splits(hp: Hparams, ctx: Context, labels_seed: int | None):
             normalization=d.normalization, permute_labels_seed=key[-1], download=ctx.download,
         )
     return _DATASETS[key]
+
+
+def shared_datasets(hp: Hparams, ctx: Context) -> dict:
+    """This process's copy of the dataset of `hp`, moved to shared memory, for `run_jobs` to hand
+    to its workers: N workers then hold one copy of MNIST (~230 MB) between them, not N. Empty
+    with --permute-labels (every trial has its own labels) or on a GPU (workers move data there)."""
+    if hp.dataset.permute_labels or ctx.device != "cpu":
+        return {}
+    splits = load_splits(hp, ctx, None)
+    for name in ("train_x", "train_y", "validation_x", "validation_y", "test_x", "test_y"):
+        getattr(splits, name).share_memory_()
+    return {_dataset_key(hp, ctx, None): splits}
 
 
 def new_model(hp: Hparams, splits, seed: int, presets: dict | None = None) -> torch.nn.Module:
@@ -365,12 +385,14 @@ def eval_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, datasets: dict) -> None:
     torch.set_num_threads(threads)
+    _SHARED_DATASETS.update(datasets)
 
 
-def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context) -> None:
-    """Run fn(*job, ctx) for every job: in this process if `workers` is 1, else in a process pool."""
+def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, datasets: dict | None = None) -> None:
+    """Run fn(*job, ctx) for every job: in this process if `workers` is 1, else in a process pool
+    whose workers find `datasets` (from `shared_datasets`) already loaded."""
     if workers <= 1 or len(jobs) <= 1:
         with torch_threads(threads):
             for job in jobs:
@@ -378,7 +400,7 @@ def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context) ->
         return
     worker_ctx = replace(ctx, bars=False)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, datasets or {})) as pool:
         futures = [pool.submit(fn, *job, worker_ctx) for job in jobs]
         _, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:
