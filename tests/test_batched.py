@@ -128,3 +128,43 @@ def test_divergence_raises_training_diverged(splits):
     hp = hparams(iterations=30, eval_every=10, optimizer="sgd", lr=1e6)
     with pytest.raises(trainer.TrainingDiverged, match="network"):
         train_batched([build_model("fc_16", seed=s) for s in (1, 2)], splits, hp, [0, 1])
+
+
+def assert_identical(a, b):
+    """Bitwise: the same computation, interrupted or not."""
+    for ra, rb in zip(a, b, strict=True):
+        for state_a, state_b in ((ra.initial, rb.initial), (ra.final, rb.final), (ra.rewind, rb.rewind)):
+            assert state_a.keys() == state_b.keys()
+            assert all(torch.equal(state_a[n], state_b[n]) for n in state_a)
+        assert ra.metrics == rb.metrics
+
+
+@pytest.mark.parametrize("stops", [(130,), (70, 250)], ids=["after-rewind", "before-and-after-rewind"])
+def test_resume_from_a_checkpoint_is_bitwise_the_uninterrupted_run(splits, tmp_path, stops):
+    hp = hparams(iterations=300, eval_every=50, rewind_iteration=100, lr_milestones="150", lr_gamma=0.1)
+    seeds, order_seeds = (1, 2), [11, 12]
+    masks = [random_masks(build_model("lenet_300_100", seed=s), 0.7, seed=s) for s in seeds]
+    identity = {"runs": ["a", "b"]}
+
+    def fresh():
+        return [build_model("lenet_300_100", seed=s) for s in seeds]
+
+    expected = train_batched(fresh(), splits, hp, order_seeds, masks)
+    checkpoint = tmp_path / "checkpoint"
+    for stop in stops:
+        train_batched(fresh(), splits, hp, order_seeds, masks, checkpoint_dir=checkpoint, identity=identity,
+                      stop_after=stop)
+    # every evaluation point saves (0 s interval) from here on: resume from the last one
+    got = train_batched(fresh(), splits, hp, order_seeds, masks, checkpoint_dir=checkpoint, identity=identity,
+                        checkpoint_seconds=0.0)
+    assert [r.resumed_from for r in got] == [stops[-1]] * 2  # it did continue from the checkpoint
+    assert_identical(got, expected)
+
+
+def test_a_checkpoint_of_other_runs_is_refused(splits, tmp_path):
+    hp = hparams(iterations=100, eval_every=50)
+    models = [build_model("lenet_300_100", seed=1)]
+    train_batched(models, splits, hp, [1], checkpoint_dir=tmp_path, identity={"runs": ["a"]}, stop_after=50)
+    with pytest.raises(LotteryError, match="belongs to other runs"):
+        train_batched([build_model("lenet_300_100", seed=1)], splits, hp, [1], checkpoint_dir=tmp_path,
+                      identity={"runs": ["b"]})

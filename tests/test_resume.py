@@ -83,3 +83,44 @@ def test_two_processes_cannot_write_the_same_experiment(tmp_path, mnist_root):
     finally:
         first.kill()
         first.wait()
+
+
+BATCHED_ARGS = ["lottery", "--batched", "--trials", "2", "--levels", "1", "--iterations", "700", "--eval-every",
+                "50", "--quiet", "--checkpoint-seconds", "0.05", "--threads", "1"]
+
+
+def test_batched_lottery_killed_mid_level_resumes_from_its_checkpoint(tmp_path, mnist_root):
+    reference = tmp_path / "reference"
+    torch.set_num_threads(1)
+    assert main([*BATCHED_ARGS, "--output-dir", str(reference), "--data-root", str(mnist_root)]) == 0
+
+    exp = tmp_path / "killed"
+    command = [sys.executable, "-m", "lottery_ticket.cli", *BATCHED_ARGS, "--output-dir", str(exp),
+               "--data-root", str(mnist_root)]
+    rng = random.Random(99)
+    checkpoints_seen = 0
+    for _ in range(3):
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            code = proc.wait(timeout=rng.uniform(4.0, 8.0))
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            checkpoints_seen += len(list((exp / paths.BATCHED_CHECKPOINTS).glob("*/state.safetensors")))
+            continue
+        assert code == 0, proc.stderr.read().decode()
+        break
+    final = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr
+    assert checkpoints_seen >= 1, "no kill landed while a batched level had a checkpoint"
+
+    for trial in (0, 1):
+        for level in (0, 1):
+            a, b = paths.run_dir(reference, trial, level), paths.run_dir(exp, trial, level)
+            for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
+                ta, tb = load_tensors(a / name), load_tensors(b / name)
+                assert all(torch.equal(ta[k], tb[k]) for k in ta), (trial, level, name)
+            assert (a / paths.METRICS).read_bytes() == (b / paths.METRICS).read_bytes(), (trial, level)
+    assert not (exp / paths.BATCHED_CHECKPOINTS).exists()  # removed once their runs were written
+    assert not any(exp.rglob(".lock"))
+    assert not any(exp.rglob("*.tmp"))

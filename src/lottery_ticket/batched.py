@@ -17,17 +17,21 @@ thread; with more threads, bmm may split the sums differently than mm, so equal 
 * evaluation copies the weights back into each network's own module and calls
   `trainer.evaluate`, so the metric rows are built exactly as `trainer.train` builds them.
 
-No output directory, checkpoints or resume: this is for sweeps and benchmarks that keep results
-in memory (or save the returned `TrainResult`s themselves).
+No output directory: the caller writes each network's run files from the returned
+`TrainResult`s (runner.lottery_batched, runner.control_runs_batched). Checkpoints of the whole
+batched state, and resume from them, are optional (`checkpoint_dir`).
 """
 
 from __future__ import annotations
 
 import math
+import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.fast_optim import make_update
 from lottery_ticket.hparams import Hparams, milestones
@@ -149,6 +153,10 @@ def train_batched(
     masks: list[Masks | None] | None = None,
     device: str | torch.device = "cpu",
     start_iteration: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_seconds: float = 10.0,
+    identity: dict | None = None,
+    stop_after: int | None = None,
 ) -> list[TrainResult]:
     """Train `models[k]` with `masks[k]` on the data order of `order_seeds[k]`, all at once.
 
@@ -157,6 +165,12 @@ def train_batched(
     would (same metric rows: validation/test every `eval_every`, train_batch, the final full
     training split; same initial/final/rewind state dicts), to float32 rounding. Like `train`,
     it applies the masks to the models and leaves them trained.
+
+    With `checkpoint_dir`, the whole batched state (stacked weights, optimizer, metrics so far,
+    rewind weights, loop buffers) is saved there at evaluation points every `checkpoint_seconds`,
+    and a later call with the same networks resumes from it, bit for bit on the CPU. `identity`
+    (JSON-able) names those networks; a checkpoint saved under another identity is refused.
+    `stop_after` ends training early at that iteration, leaving a checkpoint (for tests).
     """
     from lottery_ticket.data.order import TrainingOrder
 
@@ -240,9 +254,31 @@ def train_batched(
             if iteration == total:
                 rows[n].append((iteration, "train", *evaluate(model, train_x, train_y)))
 
-    log_evaluation(start_iteration, 0)
+    def save(iteration: int, window: int) -> None:
+        buffers = {"window_loss": window_loss, "window_correct": window_correct}
+        if t.rewind_iteration > 0 and rewind[0] is not None:
+            buffers.update({f"rewind/{n}/{name}": v for n, state in enumerate(rewind) for name, v in state.items()})
+        save_checkpoint(checkpoint_dir, stacked, optimizer, iteration,
+                        {"identity": identity, "rows": rows, "window": window}, buffers)
+
     iteration, window = start_iteration, 0
-    while iteration < total:
+    if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
+        iteration, extra, buffers = load_checkpoint(checkpoint_dir, stacked, optimizer)
+        if extra["identity"] != identity:
+            raise LotteryError(f"the checkpoint in {checkpoint_dir} belongs to other runs; delete it to start over")
+        rows = [[tuple(row) for row in network_rows] for network_rows in extra["rows"]]
+        window = extra["window"]
+        window_loss.copy_(buffers["window_loss"])
+        window_correct.copy_(buffers["window_correct"])
+        if t.rewind_iteration > 0 and iteration >= t.rewind_iteration:
+            rewind = [{name[len(f"rewind/{n}/"):]: v for name, v in buffers.items() if name.startswith(f"rewind/{n}/")}
+                      for n in range(k)]
+    else:
+        log_evaluation(start_iteration, 0)
+    resumed_from = iteration
+    last_checkpoint = time.monotonic()
+    end = total if stop_after is None else min(total, stop_after)
+    while iteration < end:
         if schedule:
             lr = learning_rate(t, iteration)
             for group in optimizer.param_groups:
@@ -261,10 +297,16 @@ def train_batched(
         if iteration % t.eval_every == 0 or iteration == total:
             log_evaluation(iteration, window)
             window = 0
+            if (checkpoint_dir is not None and iteration < total
+                    and time.monotonic() - last_checkpoint >= checkpoint_seconds):
+                save(iteration, window)
+                last_checkpoint = time.monotonic()
 
+    if iteration < total and checkpoint_dir is not None:  # stopped early on purpose (stop_after)
+        save(iteration, window)
     stacked.copy_into(models)
     return [
-        TrainResult(initial[n], state_dict_copy(models[n]), rewind[n], rows[n], start_iteration)
+        TrainResult(initial[n], state_dict_copy(models[n]), rewind[n], rows[n], resumed_from)
         for n in range(k)
     ]
 

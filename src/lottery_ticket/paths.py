@@ -5,6 +5,8 @@ The ticket itself is the run `main`; control runs sit beside it as `<control>_<r
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -20,6 +22,7 @@ REWIND = "rewind.safetensors"
 COMPLETE = "COMPLETE"
 CHECKPOINT = "checkpoint"
 TENSORBOARD = "tensorboard"
+BATCHED_CHECKPOINTS = "batched_checkpoints"
 
 
 def trial_dir(experiment: str | Path, trial: int) -> Path:
@@ -57,3 +60,10 @@ def levels_present(experiment: str | Path, trial: int) -> list[int]:
         if m:
             found.append(int(m.group(1)))
     return sorted(found)
+
+
+def batched_checkpoint_dir(experiment: str | Path, identity: dict) -> Path:
+    """Where `--batched` keeps the checkpoint of one batched computation (several runs at once),
+    named by a digest of what it trains (run directories and hyperparameters)."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(experiment) / BATCHED_CHECKPOINTS / digest

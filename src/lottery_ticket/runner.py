@@ -7,6 +7,7 @@ depend on the number of workers or on the order jobs finish.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from lottery_ticket import paths
+from lottery_ticket import checkpoint, paths
 from lottery_ticket.controls import CONTROLS, control_init
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.experiment import experiment
 from lottery_ticket.hparams import Hparams, diff, never_prune
+from lottery_ticket.lock import RunLock
 from lottery_ticket.masking import apply_presets, layer_kinds
 from lottery_ticket.pruning import layer_fractions, prune_global, prune_layerwise
 from lottery_ticket.store import load_tensors, read_json, write_json
@@ -258,6 +260,20 @@ def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: i
     report_run(c.out, result, started, ctx)
 
 
+@contextlib.contextmanager
+def batched_checkpoint(exp_dir: str | Path, identity: dict, ctx: Context):
+    """The checkpoint arguments of `train_batched` for one batched computation, under a lock (one
+    process trains a given set of runs at a time); the checkpoint goes once its runs are written."""
+    directory = paths.batched_checkpoint_dir(exp_dir, identity)
+    with RunLock(directory):
+        yield {"checkpoint_dir": directory, "checkpoint_seconds": ctx.checkpoint_seconds, "identity": identity}
+        with contextlib.suppress(FileNotFoundError):
+            (directory / checkpoint.FILE).unlink()  # only after success: a failed run resumes from it
+    for empty in (directory, directory.parent):  # (not empty if another process holds it now)
+        with contextlib.suppress(OSError):
+            empty.rmdir()
+
+
 def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
     """All control runs in `jobs` as one batched computation (fully-connected models; same data)."""
     from lottery_ticket.batched import train_batched
@@ -275,19 +291,22 @@ def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
         return
     started = time.time()
     first = todo[0][0]
-    results = train_batched([c.model for c, _ in todo], first.splits, first.hp, [c.order_seed for c, _ in todo],
-                            [c.masks for c, _ in todo], ctx.device)
+    identity = {"runs": [str(c.out) for c, _ in todo], "hparams": first.hp.to_dict()}
     total = total_iterations(first.hp.training, len(first.splits.train_y), first.hp.dataset.batch_size)
-    for (c, record), result in zip(todo, results, strict=True):
-        write_run(c.out, record, c.masks, result, total)
-        report_run(c.out, result, started, ctx)
+    with batched_checkpoint(jobs[0][0], identity, ctx) as resumable:
+        results = train_batched([c.model for c, _ in todo], first.splits, first.hp, [c.order_seed for c, _ in todo],
+                                [c.masks for c, _ in todo], ctx.device, **resumable)
+        for (c, record), result in zip(todo, results, strict=True):
+            write_run(c.out, record, c.masks, result, total)
+            report_run(c.out, result, started, ctx)
 
 
 def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], levels: int, ctx: Context) -> None:
     """Trials 0..T-1 level by level, each level's trials trained as one batched computation.
 
-    The same seeds and files as `lottery_trial`; results equal to float32 rounding. Resumes at
-    level granularity: complete runs are loaded, an interrupted level is trained again.
+    The same seeds and files as `lottery_trial`; results equal to float32 rounding. Resumes like
+    `lottery_trial`: complete runs are loaded, an interrupted level continues from the checkpoint
+    of its batched computation.
     """
     from lottery_ticket.batched import train_batched
     from lottery_ticket.masking import full_masks
@@ -319,15 +338,17 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
         if not todo:
             continue
         started = time.time()
-        results = train_batched([m for _, m, _, _ in todo], splits, hp, [seeds[t]["order"] for t, *_ in todo],
-                                [masks[t] for t, *_ in todo], ctx.device,
-                                start_iteration=hp.training.rewind_iteration if level > 0 else 0)
-        for (t, _, out, record), result in zip(todo, results, strict=True):
-            write_run(out, record, masks[t], result, total)
-            report_run(out, result, started, ctx)
-            final[t] = result.final
-            if level == 0:
-                reset[t] = result.rewind
+        identity = {"runs": [str(out) for _, _, out, _ in todo], "hparams": hp_dict}
+        with batched_checkpoint(exp_dir, identity, ctx) as resumable:
+            results = train_batched([m for _, m, _, _ in todo], splits, hp, [seeds[t]["order"] for t, *_ in todo],
+                                    [masks[t] for t, *_ in todo], ctx.device,
+                                    start_iteration=hp.training.rewind_iteration if level > 0 else 0, **resumable)
+            for (t, _, out, record), result in zip(todo, results, strict=True):
+                write_run(out, record, masks[t], result, total)
+                report_run(out, result, started, ctx)
+                final[t] = result.final
+                if level == 0:
+                    reset[t] = result.rewind
 
 
 def _without_rewind(hp: Hparams) -> Hparams:
