@@ -1,5 +1,7 @@
 """Kill `lth lottery` with SIGKILL at random moments, resume, and get the uninterrupted results."""
 
+import contextlib
+import json
 import os
 import random
 import signal
@@ -9,6 +11,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from lottery_ticket import paths
 from lottery_ticket.cli import main
@@ -18,43 +21,19 @@ ARGS = ["lottery", "--levels", "2", "--iterations", "700", "--eval-every", "50",
         "--checkpoint-seconds", "0.05", "--workers", "1", "--threads", "1"]
 
 
-def run_files(exp: Path) -> dict[str, bytes | dict]:
+def run_files(exp: Path, trials=(0,), levels=(0, 1, 2)) -> dict[str, bytes | dict]:
     """Every result of an experiment: tensors compared exactly, metrics byte for byte."""
     out = {}
-    for level in range(3):
-        run = paths.run_dir(exp, 0, level)
-        for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
-            out[f"{level}/{name}"] = load_tensors(run / name)
-        out[f"{level}/metrics"] = (run / paths.METRICS).read_bytes()
+    for trial in trials:
+        for level in levels:
+            run = paths.run_dir(exp, trial, level)
+            for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
+                out[f"{trial}/{level}/{name}"] = load_tensors(run / name)
+            out[f"{trial}/{level}/metrics"] = (run / paths.METRICS).read_bytes()
     return out
 
 
-def test_sigkill_at_random_moments_then_resume_gives_identical_results(tmp_path, mnist_root):
-    reference = tmp_path / "reference"
-    torch.set_num_threads(1)
-    assert main([*ARGS, "--output-dir", str(reference), "--data-root", str(mnist_root)]) == 0
-
-    exp = tmp_path / "killed"
-    command = [sys.executable, "-m", "lottery_ticket.cli", *ARGS, "--output-dir", str(exp),
-               "--data-root", str(mnist_root)]
-    rng = random.Random(1234)  # the kill moments are seeded; the outcome must not depend on them
-    kills = 0
-    for _ in range(3):
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            code = proc.wait(timeout=rng.uniform(3.0, 8.0))
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
-        assert code == 0, proc.stderr.read().decode()
-        break
-    final = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert final.returncode == 0, final.stderr
-    assert kills >= 2, "the experiment finished before it could be interrupted twice"
-
-    expected, got = run_files(reference), run_files(exp)
+def assert_same_files(expected: dict, got: dict) -> None:
     for key, value in expected.items():
         if isinstance(value, dict):
             assert value.keys() == got[key].keys()
@@ -62,8 +41,43 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_results(tmp_path,
                 assert torch.equal(value[name], got[key][name]), (key, name)
         else:
             assert value == got[key], key
+
+
+def kill_and_resume(args: list[str], exp: Path, data_root: Path, kill_moments) -> int:
+    """Start `lth *args` once per kill moment, SIGKILL it at that moment unless it finished,
+    then run it to the end; the number of kills. A kill moment is a number of seconds, or a
+    function polled every 10 ms until it says to kill."""
+    command = [sys.executable, "-m", "lottery_ticket.cli", *args, "--output-dir", str(exp),
+               "--data-root", str(data_root)]
+    kills = 0
+    for moment in kill_moments:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + (moment if not callable(moment) else 600)
+        while proc.poll() is None and time.monotonic() < deadline and not (callable(moment) and moment()):
+            time.sleep(0.01)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stderr.read().decode()
+        break
+    final = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, final.stderr
     assert not any(exp.rglob(".lock"))
     assert not any(exp.rglob("*.tmp"))
+    return kills
+
+
+def test_sigkill_at_random_moments_then_resume_gives_identical_results(tmp_path, mnist_root):
+    reference = tmp_path / "reference"
+    torch.set_num_threads(1)
+    assert main([*ARGS, "--output-dir", str(reference), "--data-root", str(mnist_root)]) == 0
+    exp = tmp_path / "killed"
+    rng = random.Random(1234)  # the kill moments are seeded; the outcome must not depend on them
+    kills = kill_and_resume(ARGS, exp, mnist_root, [rng.uniform(3.0, 8.0) for _ in range(3)])
+    assert kills >= 2, "the experiment finished before it could be interrupted twice"
+    assert_same_files(run_files(reference), run_files(exp))
 
 
 def test_two_processes_cannot_write_the_same_experiment(tmp_path, mnist_root):
@@ -93,34 +107,29 @@ def test_batched_lottery_killed_mid_level_resumes_from_its_checkpoint(tmp_path, 
     reference = tmp_path / "reference"
     torch.set_num_threads(1)
     assert main([*BATCHED_ARGS, "--output-dir", str(reference), "--data-root", str(mnist_root)]) == 0
-
     exp = tmp_path / "killed"
-    command = [sys.executable, "-m", "lottery_ticket.cli", *BATCHED_ARGS, "--output-dir", str(exp),
-               "--data-root", str(mnist_root)]
-    rng = random.Random(99)
-    checkpoints_seen = 0
-    for _ in range(3):
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            code = proc.wait(timeout=rng.uniform(4.0, 8.0))
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            checkpoints_seen += len(list((exp / paths.BATCHED_CHECKPOINTS).glob("*/state.safetensors")))
-            continue
-        assert code == 0, proc.stderr.read().decode()
-        break
-    final = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert final.returncode == 0, final.stderr
-    assert checkpoints_seen >= 1, "no kill landed while a batched level had a checkpoint"
+    seen: list[tuple[Path, int]] = []
 
-    for trial in (0, 1):
-        for level in (0, 1):
-            a, b = paths.run_dir(reference, trial, level), paths.run_dir(exp, trial, level)
-            for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
-                ta, tb = load_tensors(a / name), load_tensors(b / name)
-                assert all(torch.equal(ta[k], tb[k]) for k in ta), (trial, level, name)
-            assert (a / paths.METRICS).read_bytes() == (b / paths.METRICS).read_bytes(), (trial, level)
+    def checkpoint_past(iteration: int, new_computation: bool = False):
+        """Kill once a batched checkpoint beyond `iteration` is on disk (with `new_computation`:
+        one of another batched computation than the last kill's, i.e. the next level)."""
+        def ready() -> bool:
+            for f in (exp / paths.BATCHED_CHECKPOINTS).glob("*/state.safetensors"):
+                if new_computation and f == seen[-1][0]:
+                    continue
+                with contextlib.suppress(Exception):  # (being replaced right now)
+                    with safe_open(str(f), framework="pt") as opened:
+                        at = json.loads(opened.metadata()["meta"])["iteration"]
+                    if at > iteration:
+                        seen.append((f, at))
+                        return True
+            return False
+        return ready
+
+    # mid-level 0 twice (the second run resumes from the first's checkpoint), then mid-level 1
+    moments = [checkpoint_past(150), checkpoint_past(300), checkpoint_past(100, new_computation=True)]
+    kills = kill_and_resume(BATCHED_ARGS, exp, mnist_root, moments)
+    assert kills == 3, seen
+    assert seen[0][0] == seen[1][0] != seen[2][0], seen
+    assert_same_files(run_files(reference, (0, 1), (0, 1)), run_files(exp, (0, 1), (0, 1)))
     assert not (exp / paths.BATCHED_CHECKPOINTS).exists()  # removed once their runs were written
-    assert not any(exp.rglob(".lock"))
-    assert not any(exp.rglob("*.tmp"))
