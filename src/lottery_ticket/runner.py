@@ -291,9 +291,10 @@ def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
         return
     started = time.time()
     first = todo[0][0]
-    identity = {"runs": [str(c.out) for c, _ in todo], "hparams": first.hp.to_dict()}
+    exp_dir = jobs[0][0]
+    identity = {"runs": [str(c.out.relative_to(exp_dir)) for c, _ in todo], "hparams": first.hp.to_dict()}
     total = total_iterations(first.hp.training, len(first.splits.train_y), first.hp.dataset.batch_size)
-    with batched_checkpoint(jobs[0][0], identity, ctx) as resumable:
+    with batched_checkpoint(exp_dir, identity, ctx) as resumable:
         results = train_batched([c.model for c, _ in todo], first.splits, first.hp, [c.order_seed for c, _ in todo],
                                 [c.masks for c, _ in todo], ctx.device, **resumable)
         for (c, record), result in zip(todo, results, strict=True):
@@ -338,7 +339,7 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
         if not todo:
             continue
         started = time.time()
-        identity = {"runs": [str(out) for _, _, out, _ in todo], "hparams": hp_dict}
+        identity = {"runs": [str(out.relative_to(exp_dir)) for _, _, out, _ in todo], "hparams": hp_dict}
         with batched_checkpoint(exp_dir, identity, ctx) as resumable:
             results = train_batched([m for _, m, _, _ in todo], splits, hp, [seeds[t]["order"] for t, *_ in todo],
                                     [masks[t] for t, *_ in todo], ctx.device,
