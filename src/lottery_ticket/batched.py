@@ -6,13 +6,13 @@ step becomes one `torch.bmm`/`torch.baddbmm`. This removes K-1 copies of the per
 dispatch overhead, and lets all cores work on whole matrices (threads split the K networks)
 instead of splitting one small matrix product.
 
-The results are those of K separate `trainer.train` runs (measured bitwise identical on one
-thread; with more threads, bmm may split the sums differently than mm, so equal to rounding):
+The results are those of K separate `trainer.train` runs (bitwise identical on one thread, tested
+down to the files `lth lottery --batched` writes; with more threads, bmm may split the sums
+differently than mm, so equal to rounding):
 
 * the step runs fast_mlp's kernels (themselves autograd's), batched;
-* the optimizer is `trainer.make_optimizer` over the stacked tensors. Adam and SGD (momentum,
-  weight decay) are elementwise and all K networks take their steps together, so this is K
-  independent optimizers;
+* the optimizer is `trainer.make_optimizer` over per-network views of the stacked tensors (see
+  StackedFC), so its fused kernel rounds each network's update as a separate optimizer would;
 * masks touch gradients through `masking.mask_gradients`, on (stacked grad, stacked mask) pairs;
 * evaluation copies the weights back into each network's own module and calls
   `trainer.evaluate`, so the metric rows are built exactly as `trainer.train` builds them.
@@ -55,19 +55,43 @@ _log_softmax_backward = torch.ops.aten._log_softmax_backward_data.default
 
 class StackedFC(nn.Module):
     """The layers of K same-shaped `FullyConnected` networks, stacked along a leading K axis:
-    `weights[l]` is [K, out, in] and `biases[l]` is [K, out]."""
+    `weights[l]` is [K, out, in], `biases[l]` is [K, out], and `weight_grads`/`bias_grads` hold
+    their gradients. The matrix products work on the stacks; the parameters the optimizer sees
+    are per-network views of them (network k's tensors, aliasing slice k of each stack, with
+    slice k of the gradient stacks as `.grad`). A fused optimizer thus updates each network's
+    tensors exactly as K separate optimizers would -- it vectorizes each tensor with its own
+    tail, so one stacked tensor would round some elements differently -- and the K networks
+    stay bitwise equal to K separate runs on one thread.
+
+    Built on the models' device; do not move it with `.to()` (that would break the aliasing)."""
 
     def __init__(self, models: list[FullyConnected]):
         super().__init__()
         layers = [m.linears() for m in models]
-        self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([ls[i].weight.detach() for ls in layers]).contiguous())
-            for i in range(len(layers[0]))
-        )
-        self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([ls[i].bias.detach() for ls in layers]).contiguous())
-            for i in range(len(layers[0]))
-        )
+        count = len(layers[0])
+
+        def stack(tensors) -> torch.Tensor:
+            return torch.stack([t.detach() for t in tensors]).contiguous()
+
+        self.weights = [stack(ls[i].weight for ls in layers) for i in range(count)]
+        self.biases = [stack(ls[i].bias for ls in layers) for i in range(count)]
+        self.weight_grads = [torch.zeros_like(w) for w in self.weights]
+        self.bias_grads = [torch.zeros_like(b) for b in self.biases]
+        self.networks = nn.ParameterList()
+        self._grads: list[torch.Tensor] = []
+        for k in range(len(models)):
+            for i in range(count):
+                for stacked, grads in ((self.weights[i], self.weight_grads[i]), (self.biases[i], self.bias_grads[i])):
+                    self.networks.append(nn.Parameter(stacked[k]))  # shares the stack's memory
+                    self._grads.append(grads[k])
+        self.attach_grads()
+
+    def attach_grads(self) -> None:
+        """Point every per-network parameter's `.grad` at its slice of the gradient stacks (again
+        after something set them to None, e.g. `optimizer.zero_grad()`)."""
+        for p, grad in zip(self.networks, self._grads, strict=True):
+            if p.grad is None or p.grad.data_ptr() != grad.data_ptr():
+                p.grad = grad
 
     @torch.no_grad()
     def copy_into(self, models: list[FullyConnected]) -> None:
@@ -91,15 +115,9 @@ def make_batched_step(stacked: StackedFC, optimizer: torch.optim.Optimizer, mask
     """`step(x [K, B, in], y [K, B]) -> (loss [K], correct [K])`: fast_mlp's step for K networks.
 
     `masks[l]` is the stacked [K, out, in] mask of layer l's weights."""
-    weights, biases = list(stacked.weights), list(stacked.biases)
-    params = [p for pair in zip(weights, biases, strict=True) for p in pair]
+    weights, biases = stacked.weights, stacked.biases
     buffers: dict[tuple[int, int], dict] = {}
     update = make_update(optimizer)
-
-    def grad_of(p: nn.Parameter) -> torch.Tensor:
-        if p.grad is None:
-            p.grad = torch.empty_like(p)
-        return p.grad
 
     @torch.no_grad()
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,15 +148,15 @@ def make_batched_step(stacked: StackedFC, optimizer: torch.optim.Optimizer, mask
         g = _nll_backward(b["row_grad"], flat, y.reshape(-1), None, 0, -100, b["one"])
         g = _log_softmax_backward(g, flat, 1, torch.float32).view(k, batch, -1)
 
-        grads = [grad_of(p) for p in params]
         for i in range(len(weights) - 1, -1, -1):
-            torch.bmm(g.transpose(1, 2), inputs[i], out=grads[2 * i])
-            torch.sum(g, 1, out=grads[2 * i + 1])
+            torch.bmm(g.transpose(1, 2), inputs[i], out=stacked.weight_grads[i])
+            torch.sum(g, 1, out=stacked.bias_grads[i])
             if i == 0:
                 break
             gh = torch.bmm(g, weights[i], out=b["grads"][i - 1])
             g = _relu_backward(gh, inputs[i], 0, grad_input=gh)
-        mask_gradients(zip(grads[0::2], masks, strict=True))
+        mask_gradients(zip(stacked.weight_grads, masks, strict=True))
+        stacked.attach_grads()
         update()
         return loss, correct
 
@@ -163,7 +181,7 @@ def train_batched(
     Returns one `TrainResult` per network, as `trainer.train(models[k], splits, hp,
     order_seed=order_seeds[k], masks=masks[k], device=device, start_iteration=start_iteration)`
     would (same metric rows: validation/test every `eval_every`, train_batch, the final full
-    training split; same initial/final/rewind state dicts), to float32 rounding. Like `train`,
+    training split; same initial/final/rewind state dicts), bitwise on one thread. Like `train`,
     it applies the masks to the models and leaves them trained.
 
     With `checkpoint_dir`, the whole batched state (stacked weights, optimizer, metrics so far,
@@ -214,7 +232,7 @@ def train_batched(
         raise LotteryError(f"start iteration {start_iteration} must be in [0, {total})")
     orders = [TrainingOrder(len(train_y), batch_size, seed, device=device) for seed in order_seeds]
 
-    stacked = StackedFC(models).to(device)
+    stacked = StackedFC(models)  # on the models' device
     stacked_masks = [
         torch.stack([m.get(name, torch.ones_like(models[0].get_parameter(name))) for m in run_masks])
         for name in layer_names

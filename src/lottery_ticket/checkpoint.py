@@ -39,7 +39,8 @@ def save_checkpoint(
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = state
     meta = {"iteration": iteration, "optimizer": opt_meta, "extra": extra}
-    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # copies: tensors may share memory (batched networks are views of one stack), which safetensors refuses
+    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     write_bytes_atomic(Path(directory) / FILE, save(cpu, metadata={"meta": json.dumps(meta)}))
 
 

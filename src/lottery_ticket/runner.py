@@ -305,7 +305,7 @@ def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
 def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], levels: int, ctx: Context) -> None:
     """Trials 0..T-1 level by level, each level's trials trained as one batched computation.
 
-    The same seeds and files as `lottery_trial`; results equal to float32 rounding. Resumes like
+    The same seeds and files as `lottery_trial` (bitwise on one thread). Resumes like
     `lottery_trial`: complete runs are loaded, an interrupted level continues from the checkpoint
     of its batched computation.
     """

@@ -1,0 +1,74 @@
+"""`lth lottery --batched` and `lth reinit --batched` against the per-run path, on the real MNIST:
+on one thread the same files, bit for bit (weights, masks, metrics), as training each run alone.
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from lottery_ticket import paths
+from lottery_ticket.cli import main
+from lottery_ticket.store import load_tensors
+
+FLAGS = ["--levels", "1", "--trials", "2", "--iterations", "300", "--eval-every", "100", "--quiet", "--threads", "1"]
+
+
+def lth(*argv) -> int:
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory):
+    from conftest import real_data_root
+
+    root = real_data_root()
+    if root is None:
+        pytest.skip("real MNIST not found: set LTH_DATA")
+    base = tmp_path_factory.mktemp("batched")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert lth("lottery", *FLAGS, "--workers", 1, "--output-dir", base / "separate", "--data-root", root) == 0
+        assert lth("lottery", *FLAGS, "--batched", "--output-dir", base / "batched", "--data-root", root) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return base / "separate", base / "batched", root
+
+
+def assert_same_run(a, b) -> None:
+    assert paths.is_complete(a) and paths.is_complete(b)
+    for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
+        ta, tb = load_tensors(a / name), load_tensors(b / name)
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), (a, name)
+    assert (a / paths.METRICS).read_bytes() == (b / paths.METRICS).read_bytes(), a
+    ja, jb = (json.loads((r / paths.RUN_FILE).read_text()) for r in (a, b))
+    assert (ja["hparams"], ja["run"]) == (jb["hparams"], jb["run"])
+
+
+def test_batched_lottery_writes_what_the_per_trial_path_writes(experiments):
+    separate, batched, _ = experiments
+    for trial in (0, 1):
+        for level in (0, 1):
+            assert_same_run(paths.run_dir(separate, trial, level), paths.run_dir(batched, trial, level))
+    assert (load_tensors(paths.run_dir(batched, 0, 1) / paths.MASKS)["hidden.0.weight"].mean() < 1)  # pruned
+    assert not (batched / paths.BATCHED_CHECKPOINTS).exists()
+
+
+def test_batched_controls_write_what_separate_runs_write(experiments, tmp_path):
+    separate, _, root = experiments
+    copies = {mode: tmp_path / mode for mode in ("separate", "batched")}
+    for mode, exp in copies.items():
+        shutil.copytree(separate, exp)
+        extra = ["--batched"] if mode == "batched" else ["--workers", 1]
+        assert lth("reinit", "--experiment", exp, "--control", "reinit", "--levels", "0-1", "--runs", 2,
+                   "--quiet", "--threads", 1, "--data-root", root, *extra) == 0
+    for trial in (0, 1):
+        for level in (0, 1):
+            for run in (0, 1):
+                assert_same_run(*(paths.run_dir(e, trial, level, "reinit", run) for e in copies.values()))
+    # the two runs of one level are different runs (fresh seeds), not copies
+    r0, r1 = (load_tensors(paths.run_dir(copies["batched"], 0, 1, "reinit", r) / paths.INITIAL) for r in (0, 1))
+    assert not torch.equal(r0["output.weight"], r1["output.weight"])
+    assert not (copies["batched"] / paths.BATCHED_CHECKPOINTS).exists()
