@@ -68,3 +68,26 @@ def synthetic_splits(n_train=1200, n_val=300, n_test=300, shape=(1, 28, 28), cla
 @pytest.fixture
 def splits():
     return synthetic_splits()
+
+
+def lth(*argv) -> int:
+    """The `lth` command in this process, arguments given as anything str() can spell."""
+    from lottery_ticket.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two complete runs with the same files: tensors exactly, metrics byte for byte, settings."""
+    import json
+
+    from lottery_ticket import paths
+    from lottery_ticket.store import load_tensors
+
+    assert paths.is_complete(a) and paths.is_complete(b)
+    for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
+        ta, tb = load_tensors(a / name), load_tensors(b / name)
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), (a, name)
+    assert (a / paths.METRICS).read_bytes() == (b / paths.METRICS).read_bytes(), a
+    ja, jb = (json.loads((r / paths.RUN_FILE).read_text()) for r in (a, b))
+    assert (ja["hparams"], ja["run"]) == (jb["hparams"], jb["run"])

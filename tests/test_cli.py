@@ -6,18 +6,15 @@ import sys
 
 import pytest
 import torch
+from conftest import lth
 
 from lottery_ticket import paths
-from lottery_ticket.cli import main, parse_levels
+from lottery_ticket.cli import parse_levels
 from lottery_ticket.masking import density
 from lottery_ticket.store import load_tensors, save_tensors
 from lottery_ticket.trainer import read_metrics
 
 SHORT = ["--iterations", "200", "--eval-every", "100", "--quiet", "--threads", "1"]
-
-
-def lth(*argv) -> int:
-    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")

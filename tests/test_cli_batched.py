@@ -2,21 +2,16 @@
 on one thread the same files, bit for bit (weights, masks, metrics), as training each run alone.
 """
 
-import json
 import shutil
 
 import pytest
 import torch
+from conftest import assert_same_run, lth
 
 from lottery_ticket import paths
-from lottery_ticket.cli import main
 from lottery_ticket.store import load_tensors
 
 FLAGS = ["--levels", "1", "--trials", "2", "--iterations", "300", "--eval-every", "100", "--quiet", "--threads", "1"]
-
-
-def lth(*argv) -> int:
-    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +30,6 @@ def experiments(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return base / "separate", base / "batched", root
-
-
-def assert_same_run(a, b) -> None:
-    assert paths.is_complete(a) and paths.is_complete(b)
-    for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
-        ta, tb = load_tensors(a / name), load_tensors(b / name)
-        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), (a, name)
-    assert (a / paths.METRICS).read_bytes() == (b / paths.METRICS).read_bytes(), a
-    ja, jb = (json.loads((r / paths.RUN_FILE).read_text()) for r in (a, b))
-    assert (ja["hparams"], ja["run"]) == (jb["hparams"], jb["run"])
 
 
 def test_batched_lottery_writes_what_the_per_trial_path_writes(experiments):

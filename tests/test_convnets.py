@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import real_data_root, synthetic_splits
+from conftest import lth, real_data_root, synthetic_splits
 
 from lottery_ticket import paths, runner
-from lottery_ticket.cli import _check_device, main
+from lottery_ticket.cli import _check_device
 from lottery_ticket.data import Splits, load_dataset
 from lottery_ticket.data.order import TrainingOrder
 from lottery_ticket.errors import LotteryError
@@ -32,10 +32,6 @@ OPTIMIZERS = {
     "sgd_momentum_wd": dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-2),
     "adam_wd": dict(optimizer="adam", lr=1e-3, weight_decay=1e-2),
 }
-
-
-def lth(*argv) -> int:
-    return main([str(a) for a in argv])
 
 
 def rows_of(metrics, split):

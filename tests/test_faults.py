@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_run, lth
 
 import lottery_ticket
 from lottery_ticket import paths, store
 from lottery_ticket.checkpoint import load_checkpoint
-from lottery_ticket.cli import main
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.lock import STALE_SECONDS, RunLock
 from lottery_ticket.store import load_tensors, save_tensors, write_bytes_atomic
@@ -35,10 +35,6 @@ from lottery_ticket.trainer import read_metrics
 SRC = Path(lottery_ticket.__file__).resolve().parent
 # fc_100 keeps every run small; the code paths are those of LeNet-300-100 (same fast MLP trainer).
 EXP_FLAGS = ["--model", "fc_100", "--iterations", "200", "--eval-every", "100", "--quiet"]
-
-
-def lth(*argv) -> int:
-    return main([str(a) for a in argv])
 
 
 def one_line_error(err: str, *needles: str) -> None:
@@ -80,16 +76,7 @@ def experiments(tmp_path_factory):
 
 def assert_same_runs(a: Path, b: Path, runs: list[tuple[int, int, str]]) -> None:
     for trial, level, control in runs:
-        ra, rb = (paths.run_dir(e, trial, level, control, 0) for e in (a, b))
-        assert paths.is_complete(ra) and paths.is_complete(rb)
-        for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
-            ta, tb = load_tensors(ra / name), load_tensors(rb / name)
-            assert ta.keys() == tb.keys()
-            for key in ta:
-                assert torch.equal(ta[key], tb[key]), (trial, level, control, name, key)
-        assert (ra / paths.METRICS).read_bytes() == (rb / paths.METRICS).read_bytes(), (trial, level, control)
-        ja, jb = (json.loads((r / paths.RUN_FILE).read_text()) for r in (ra, rb))
-        assert (ja["hparams"], ja["run"]) == (jb["hparams"], jb["run"])
+        assert_same_run(*(paths.run_dir(e, trial, level, control, 0) for e in (a, b)))
 
 
 # --------------------------------------------------------------------------- 1. worker counts
