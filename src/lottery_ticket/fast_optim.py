@@ -19,7 +19,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+try:  # torch's registries of global optimizer hooks (private; if a release moves them, stay safe)
+    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+except ImportError:  # pragma: no cover - depends on the torch release
+    _global_optimizer_pre_hooks = _global_optimizer_post_hooks = None
 
 _FLAGS_OFF = ("maximize", "capturable", "differentiable")
 _ADAMS = (torch.optim.Adam, torch.optim.AdamW)  # AdamW is Adam with decoupled_weight_decay=True
@@ -38,6 +42,8 @@ def _plain_fused_group(group: dict) -> bool:
 
 def supports(optimizer: torch.optim.Optimizer) -> bool:
     """True where `make_update` calls the fused kernel directly."""
+    if _global_optimizer_pre_hooks is None or not hasattr(torch, "_fused_adam_"):
+        return False
     kind = type(optimizer)
     if kind in _ADAMS:
         if any(g["amsgrad"] for g in optimizer.param_groups):
@@ -69,7 +75,9 @@ def _adam_kernel_call(optimizer: torch.optim.Adam, group: dict) -> Callable[[], 
         exp_avg_sqs.append(state["exp_avg_sq"])
         steps.append(state["step"])
     beta1, beta2 = group["betas"]
-    kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+    # (AdamW: a subclass with decoupled_weight_decay=True in recent torch, its own class before)
+    decoupled = type(optimizer) is torch.optim.AdamW or group.get("decoupled_weight_decay", False)
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
 
     def call() -> None:
         if not params:
