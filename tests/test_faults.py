@@ -516,19 +516,32 @@ def test_old_empty_or_unreadable_lock_file_is_stale(tmp_path, content):
     assert not lock.exists()
 
 
-def test_fresh_empty_lock_or_live_holder_is_not_taken_over(tmp_path):
+def test_fresh_empty_lock_is_waited_for_and_a_live_holder_is_not_taken_over(tmp_path, monkeypatch):
+    import threading
+
+    from lottery_ticket import lock as lock_module
+
+    monkeypatch.setattr(lock_module, "STALE_SECONDS", 0.5)
     lock = tmp_path / ".lock"
-    lock.write_bytes(b"")  # another process between creating and writing it, right now
-    started = time.monotonic()
-    with pytest.raises(LotteryError, match="keeps changing"):
-        RunLock(tmp_path).acquire()
-    assert time.monotonic() - started < STALE_SECONDS and lock.read_bytes() == b""
     live = json.dumps({"host": socket.gethostname(), "pid": os.getppid()}).encode()
-    lock.write_bytes(live)
+    # another process between creating and writing it: wait, then name it once it has written
+    lock.write_bytes(b"")
+    writer = threading.Timer(0.2, lock.write_bytes, args=(live,))
+    writer.start()
+    with pytest.raises(LotteryError, match=f"pid {os.getppid()}"):
+        RunLock(tmp_path).acquire()
+    writer.join()
+    assert lock.read_bytes() == live
     _age(lock, 10 * STALE_SECONDS)  # old, but its process is alive: still held
     with pytest.raises(LotteryError, match=f"pid {os.getppid()}"):
         RunLock(tmp_path).acquire()
     assert lock.read_bytes() == live
+    # a writer killed before writing (the file stays empty): taken over once it is stale, not before
+    lock.write_bytes(b"")
+    started = time.monotonic()
+    with RunLock(tmp_path):
+        assert time.monotonic() - started >= 0.4
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
 
 
 def test_lock_write_failure_leaves_no_lock_file(tmp_path, monkeypatch):

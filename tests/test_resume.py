@@ -88,8 +88,9 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_results(tmp_path,
 
 def test_two_processes_cannot_write_the_same_experiment(tmp_path, mnist_root):
     exp = tmp_path / "exp"
+    # (an experiment far too long to finish while the second process starts: it is killed below)
     command = [sys.executable, "-m", "lottery_ticket.cli", *ARGS, "--output-dir", str(exp),
-               "--data-root", str(mnist_root), "--checkpoint-seconds", "30"]
+               "--data-root", str(mnist_root), "--checkpoint-seconds", "30", "--iterations", "1000000"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         lock = paths.run_dir(exp, 0, 0) / ".lock"

@@ -2,7 +2,8 @@
 
 The lock is a file created with O_EXCL. A second process fails at once with the holder's name.
 A lock left by a dead process on this host is stale: it is removed and taken over, and so is an
-empty or unreadable lock file older than STALE_SECONDS (a crash between creating and writing it).
+empty or unreadable lock file older than STALE_SECONDS (a crash between creating and writing it;
+a younger one is waited for).
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ class RunLock:
         with _user_io_errors(self.path.parent, "create directory"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(3):
+        # An empty or unreadable lock file is either being written right now (its holder is named
+        # within milliseconds) or was left by a writer killed in between (it turns stale after
+        # STALE_SECONDS): wait for one or the other rather than fail at once.
+        deadline = time.monotonic() + STALE_SECONDS + 2.0
+        while time.monotonic() < deadline:
             try:
                 with _user_io_errors(self.path, "write"):
                     fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -50,7 +55,9 @@ class RunLock:
                     if self._age() > STALE_SECONDS:  # empty or garbage for a while: a crashed writer
                         with contextlib.suppress(FileNotFoundError):
                             self.path.unlink()
-                    continue  # being written or removed right now: look again
+                    else:
+                        time.sleep(0.05)
+                    continue
                 if holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1))):
                     with contextlib.suppress(FileNotFoundError):
                         self.path.unlink()  # stale: its process is gone
