@@ -25,11 +25,10 @@ import time
 from dataclasses import replace
 
 import torch
-from benchmarks_common import load_splits
+from benchmarks_common import lenet, load_average, load_splits
 
 from lottery_ticket import trainer
 from lottery_ticket.hparams import preset_hparams
-from lottery_ticket.models import build_model
 
 SEEDS = (0, 1)
 
@@ -40,7 +39,7 @@ def hparams(iterations: int):
 
 
 def one_run(splits, hp, seed: int, background_eval: bool = False) -> None:
-    trainer.train(build_model("lenet_300_100", seed=seed), splits, hp, order_seed=seed,
+    trainer.train(lenet(seed), splits, hp, order_seed=seed,
                   eval_threads=2 if background_eval else None, background_eval=background_eval)
 
 
@@ -85,8 +84,8 @@ def batched(iterations: int, threads: int, splits) -> float:
 
     torch.set_num_threads(threads)
     hp = hparams(iterations)
-    models = [build_model("lenet_300_100", seed=s) for s in SEEDS]
-    train_batched([build_model("lenet_300_100", seed=s) for s in SEEDS], splits, hp, list(SEEDS))  # warm-up
+    models = [lenet(s) for s in SEEDS]
+    train_batched([lenet(s) for s in SEEDS], splits, hp, list(SEEDS))  # warm-up
     started = time.perf_counter()
     train_batched(models, splits, hp, list(SEEDS))
     return time.perf_counter() - started
@@ -99,8 +98,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best time counts")
     args = parser.parse_args()
     splits = load_splits()
-    with open("/proc/loadavg") as f:
-        print(f"load average before: {f.read().split()[:3]}")
+    print(f"load average before: {load_average()}")
     print(f"2 runs of {args.iterations} iterations each, evaluation every 100:")
     contenders = {
         "parallel, 2 processes x 1 thread": lambda: parallel(args.iterations),
@@ -121,8 +119,7 @@ def main() -> None:
     for name, seconds in times.items():
         print(f"  {name:42s} {seconds:7.2f} s   / same runs sequential {seconds / same:.2f}   "
               f"/ best sequential {seconds / best:.2f}   (all repeats: {', '.join(f'{v:.2f}' for v in samples[name])})")
-    with open("/proc/loadavg") as f:
-        print(f"load average after: {f.read().split()[:3]}")
+    print(f"load average after: {load_average()}")
 
 
 if __name__ == "__main__":

@@ -30,13 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from benchmarks_common import data_root, lenet_flops_per_step, load_splits
+from benchmarks_common import data_root, lenet, lenet_flops_per_step, load_average, load_splits
 from torch.utils.data import DataLoader, TensorDataset
 
 from lottery_ticket import cli, trainer
 from lottery_ticket.hparams import preset_hparams
 from lottery_ticket.masking import full_masks
-from lottery_ticket.models import build_model
 
 BATCH = 60
 PAPER_ITERATIONS = 50_000
@@ -155,22 +154,16 @@ class ReferenceLoop:
 class OurSteps:
     """(b): the trainer's step function, fed the same sliced batches as the reference."""
 
-    def __init__(self, splits, masks, make_optimizer):
-        self.model = build_model("lenet_300_100", seed=0)
+    def __init__(self, splits, masks):
+        self.model = lenet(seed=0)
         hp = preset_hparams("paper")
-        self.optimizer = make_optimizer(self.model, hp.training)
+        self.optimizer = trainer.make_optimizer(self.model, hp.training)
         self.step = trainer.make_step(self.model, self.optimizer, masks, fast=True)
         self.batches = SlicedBatches(splits)
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
             self.step(*self.batches.next())
-
-
-def load_average() -> str:
-    """Other jobs on the machine change every number here: print the load with the results."""
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def rate(fn, steps: int) -> float:
@@ -188,7 +181,7 @@ def step_throughput(splits, masks, thread_counts: list[int], steps: int, repeats
         contenders = {
             "reference": ReferenceLoop(splits, masks).run,
             "reference with a DataLoader": ReferenceLoop(splits, masks, loader=True).run,
-            "ours": OurSteps(splits, masks, trainer.make_optimizer).run,
+            "ours": OurSteps(splits, masks).run,
         }
         for fn in contenders.values():
             fn(50)  # warm-up
@@ -218,7 +211,7 @@ def end_to_end(splits, n: int, thread_counts: list[int]) -> None:
     eval_every = hp.training.eval_every
     print(f"\nend to end, {n} iterations, evaluation every {eval_every} on {len(splits.validation_y)} + "
           f"{len(splits.test_y)} examples (+ the training split at the end); load average {load_average()}")
-    masks = full_masks(build_model("lenet_300_100", seed=0))  # a dense run, as `lth train` without --masks
+    masks = full_masks(lenet(seed=0))  # a dense run, as `lth train` without --masks
     seconds = {}
     for threads in thread_counts:
         torch.set_num_threads(threads)
@@ -253,7 +246,7 @@ def main() -> None:
     parser.add_argument("--run-threads", default="1,2", help="thread counts of the reference loop in (c)")
     args = parser.parse_args()
     splits = load_splits()
-    masks = level1_masks(build_model("lenet_300_100", seed=0))
+    masks = level1_masks(lenet(seed=0))
     flops = lenet_flops_per_step(BATCH)
     naive_flops = 3 * 2 * BATCH * (784 * 300 + 300 * 100 + 100 * 10)
     print(f"data: {getattr(splits, 'name', '?')}; LeNet-300-100, batch {BATCH}, masks at level-1 density; "

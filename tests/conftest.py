@@ -42,8 +42,9 @@ def real_data_root() -> Path | None:
     return None
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mnist_root() -> Path:
+    """The real data's root (module fixtures may use it too); skips when MNIST is not there."""
     root = real_data_root()
     if root is None:
         pytest.skip("real MNIST not found: set LTH_DATA")

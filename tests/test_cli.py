@@ -18,13 +18,9 @@ SHORT = ["--iterations", "200", "--eval-every", "100", "--quiet", "--threads", "
 
 
 @pytest.fixture(scope="module")
-def lottery(tmp_path_factory):
+def lottery(tmp_path_factory, mnist_root):
     """`lth lottery --preset paper --levels 3 --iterations 2000` on the real MNIST (the issue's check)."""
-    from conftest import real_data_root
-
-    root = real_data_root()
-    if root is None:
-        pytest.skip("real MNIST not found: set LTH_DATA")
+    root = mnist_root
     exp = tmp_path_factory.mktemp("exp") / "lenet"
     code = lth("lottery", "--preset", "paper", "--levels", 3, "--iterations", 2000, "--output-dir", exp,
                "--data-root", root, "--quiet", "--workers", 1, "--threads", 1)

@@ -10,26 +10,18 @@ from conftest import assert_same_run, lth
 
 from lottery_ticket import paths
 from lottery_ticket.store import load_tensors
+from lottery_ticket.trainer import threads
 
 FLAGS = ["--levels", "1", "--trials", "2", "--iterations", "300", "--eval-every", "100", "--quiet", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory):
-    from conftest import real_data_root
-
-    root = real_data_root()
-    if root is None:
-        pytest.skip("real MNIST not found: set LTH_DATA")
+def experiments(tmp_path_factory, mnist_root):
     base = tmp_path_factory.mktemp("batched")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert lth("lottery", *FLAGS, "--workers", 1, "--output-dir", base / "separate", "--data-root", root) == 0
-        assert lth("lottery", *FLAGS, "--batched", "--output-dir", base / "batched", "--data-root", root) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return base / "separate", base / "batched", root
+    with threads(1):
+        assert lth("lottery", *FLAGS, "--workers", 1, "--output-dir", base / "separate", "--data-root", mnist_root) == 0
+        assert lth("lottery", *FLAGS, "--batched", "--output-dir", base / "batched", "--data-root", mnist_root) == 0
+    return base / "separate", base / "batched", mnist_root
 
 
 def test_batched_lottery_writes_what_the_per_trial_path_writes(experiments):

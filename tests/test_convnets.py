@@ -161,11 +161,9 @@ def test_global_never_prune_must_name_a_tensor_of_the_model():
 
 
 @pytest.fixture(scope="module")
-def rewinding(tmp_path_factory):
+def rewinding(tmp_path_factory, mnist_root):
     """`lth lottery --model fc_100 --iterations 300 --eval-every 100 --rewind-iteration 100 --levels 1`."""
-    root = real_data_root()
-    if root is None:
-        pytest.skip("real MNIST not found: set LTH_DATA")
+    root = mnist_root
     exp = tmp_path_factory.mktemp("rewind") / "fc_100"
     code = lth("lottery", "--model", "fc_100", "--iterations", 300, "--eval-every", 100,
                "--rewind-iteration", 100, "--levels", 1, "--output-dir", exp, "--data-root", root,
@@ -316,12 +314,17 @@ def conv_controls(cifar, tmp_path_factory):
     return exp
 
 
-def test_random_control_keeps_the_per_layer_counts_of_the_ticket(conv_controls):
-    exp = conv_controls
+def ticket_and_control(exp, control: str):
+    """Level 1's ticket masks, the original initial weights, and the complete control run's dir."""
     ticket = load_tensors(paths.run_dir(exp, 0, 1) / paths.MASKS)
     original = load_tensors(paths.run_dir(exp, 0, 0) / paths.INITIAL)
-    run = paths.run_dir(exp, 0, 1, "random", 0)
+    run = paths.run_dir(exp, 0, 1, control, 0)
     assert paths.is_complete(run)
+    return ticket, original, run
+
+
+def test_random_control_keeps_the_per_layer_counts_of_the_ticket(conv_controls):
+    ticket, original, run = ticket_and_control(conv_controls, "random")
     assert read_json(run / paths.RUN_FILE)["run"]["control"] == "random"
     masks, initial, final = (load_tensors(run / f) for f in (paths.MASKS, paths.INITIAL, paths.FINAL))
     assert set(masks) == set(ticket)
@@ -335,11 +338,7 @@ def test_random_control_keeps_the_per_layer_counts_of_the_ticket(conv_controls):
 
 
 def test_reuse_sign_control_keeps_the_original_signs(conv_controls):
-    exp = conv_controls
-    ticket = load_tensors(paths.run_dir(exp, 0, 1) / paths.MASKS)
-    original = load_tensors(paths.run_dir(exp, 0, 0) / paths.INITIAL)
-    run = paths.run_dir(exp, 0, 1, "reuse_sign", 0)
-    assert paths.is_complete(run)
+    ticket, original, run = ticket_and_control(conv_controls, "reuse_sign")
     masks, initial = load_tensors(run / paths.MASKS), load_tensors(run / paths.INITIAL)
     assert set(masks) == set(ticket) and all(torch.equal(masks[n], ticket[n]) for n in ticket)
     for name, mask in masks.items():

@@ -30,7 +30,7 @@ from lottery_ticket.checkpoint import load_checkpoint
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.lock import STALE_SECONDS, RunLock
 from lottery_ticket.store import load_tensors, save_tensors, write_bytes_atomic
-from lottery_ticket.trainer import read_metrics
+from lottery_ticket.trainer import read_metrics, threads
 
 SRC = Path(lottery_ticket.__file__).resolve().parent
 # fc_100 keeps every run small; the code paths are those of LeNet-300-100 (same fast MLP trainer).
@@ -54,24 +54,14 @@ def leftovers(root: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def experiments(tmp_path_factory):
+def experiments(tmp_path_factory, mnist_root):
     """The same 2-trial, 1-level lottery experiment run with one worker and with two workers."""
-    from conftest import real_data_root
-
-    root = real_data_root()
-    if root is None:
-        pytest.skip("real MNIST not found: set LTH_DATA")
     base = tmp_path_factory.mktemp("faults")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         for workers in (1, 2):
-            code = lth("lottery", "--trials", 2, "--levels", 1, *EXP_FLAGS, "--threads", 1, "--workers", workers,
-                       "--output-dir", base / f"workers{workers}", "--data-root", root)
-            assert code == 0
-    finally:
-        torch.set_num_threads(threads)
-    return base / "workers1", base / "workers2", root
+            assert lth("lottery", "--trials", 2, "--levels", 1, *EXP_FLAGS, "--threads", 1, "--workers", workers,
+                       "--output-dir", base / f"workers{workers}", "--data-root", mnist_root) == 0
+    return base / "workers1", base / "workers2", mnist_root
 
 
 def assert_same_runs(a: Path, b: Path, runs: list[tuple[int, int, str]]) -> None:

@@ -26,7 +26,7 @@ def test_workers_use_the_parents_shared_dataset(mnist_root, tmp_path):
     (splits,) = datasets.values()
     assert splits.train_x.is_shared() and splits.validation_y.is_shared()
     jobs = [(hp.to_dict(), str(tmp_path / f"{i}.json")) for i in range(2)]
-    runner.run_jobs(report_dataset, jobs, workers=2, threads=1, ctx=ctx, datasets=datasets)
+    runner.run_jobs(report_dataset, jobs, workers=2, threads=1, ctx=ctx, share=hp)
     for _, out in jobs:
         seen = json.loads(Path(out).read_text())
         assert seen == {"from_parent": True, "shared_memory": True, "loaded_here": False,

@@ -33,9 +33,15 @@ import torch.nn as nn
 
 from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.fast_mlp import (
+    _log_softmax_backward,
+    _nll_backward,
+    _nll_forward,
+    _relu_backward,
+)
 from lottery_ticket.fast_optim import make_update
 from lottery_ticket.hparams import Hparams, milestones
-from lottery_ticket.masking import Masks, apply_masks, check_masks, full_masks, mask_gradients
+from lottery_ticket.masking import Masks, mask_gradients, prepare_masks
 from lottery_ticket.models.fc import FullyConnected
 from lottery_ticket.store import state_dict_copy
 from lottery_ticket.trainer import (
@@ -46,11 +52,6 @@ from lottery_ticket.trainer import (
     make_optimizer,
     total_iterations,
 )
-
-_relu_backward = torch.ops.aten.threshold_backward.grad_input
-_nll_forward = torch.ops.aten.nll_loss_forward.default
-_nll_backward = torch.ops.aten.nll_loss_backward.default
-_log_softmax_backward = torch.ops.aten._log_softmax_backward_data.default
 
 
 class StackedFC(nn.Module):
@@ -210,14 +211,7 @@ def train_batched(
 
     # Per network, exactly what trainer.train does before its first step.
     layer_names = [name for name, p in models[0].named_parameters() if name.endswith("weight")]
-    run_masks = []
-    for model, mask in zip(models, masks, strict=True):
-        model.to(device)
-        mask = full_masks(model) if mask is None else {n: v.to(torch.float32) for n, v in mask.items()}
-        check_masks(mask, model)
-        mask = {n: v.to(device) for n, v in mask.items()}
-        apply_masks(model, mask)
-        run_masks.append(mask)
+    run_masks = [prepare_masks(model.to(device), mask, device) for model, mask in zip(models, masks, strict=True)]
     initial = [state_dict_copy(model) for model in models]
     rewind = list(initial) if t.rewind_iteration == 0 else [None] * k
 
@@ -244,6 +238,7 @@ def train_batched(
     window_loss = torch.zeros(t.eval_every, k, dtype=torch.float32, device=device)
     window_correct = torch.zeros(t.eval_every, k, dtype=torch.int64, device=device)
     x = torch.empty(k * batch_size, train_x.shape[1], dtype=train_x.dtype, device=device)
+    index = torch.empty(k * batch_size, dtype=torch.int64, device=device)
     y = torch.empty(k * batch_size, dtype=train_y.dtype, device=device)
     rows: list[list[tuple[int, str, float, float]]] = [[] for _ in range(k)]
 
@@ -301,7 +296,7 @@ def train_batched(
             lr = learning_rate(t, iteration)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-        index = torch.cat([order.batch(iteration) for order in orders])
+        torch.cat([order.batch(iteration) for order in orders], out=index)
         torch.index_select(train_x, 0, index, out=x)
         torch.index_select(train_y, 0, index, out=y)
         loss, correct = step(x.view(k, batch_size, -1), y.view(k, batch_size))

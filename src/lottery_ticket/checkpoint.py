@@ -39,9 +39,16 @@ def save_checkpoint(
         for i, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng/cuda/{i}"] = state
     meta = {"iteration": iteration, "optimizer": opt_meta, "extra": extra}
-    # copies: tensors may share memory (batched networks are views of one stack), which safetensors refuses
-    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    cpu = {k: _own_storage(v.detach().to("cpu").contiguous()) for k, v in tensors.items()}
     write_bytes_atomic(Path(directory) / FILE, save(cpu, metadata={"meta": json.dumps(meta)}))
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or a copy where it is a slice of a larger storage (the per-network parameters of a
+    batched run are views of one stack), which safetensors refuses to save."""
+    if tensor.untyped_storage().nbytes() > tensor.numel() * tensor.element_size():
+        return tensor.clone()
+    return tensor
 
 
 def load_checkpoint(directory: str | Path, model, optimizer) -> tuple[int, dict, dict]:

@@ -209,7 +209,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_lottery(args) -> None:
-    from lottery_ticket.runner import lottery_trial, prepare_experiment, run_jobs, shared_datasets
+    from lottery_ticket.runner import lottery_trial, prepare_experiment, run_jobs
 
     hp = hparams_from_args(args)
     if args.levels < 0 or args.trials < 1:
@@ -222,16 +222,15 @@ def cmd_lottery(args) -> None:
     _check_device(ctx.device)
     prepare_experiment(args.output_dir, hp, args.seed)
     if args.batched:
-        from lottery_ticket.runner import lottery_batched
+        from lottery_ticket.runner import eval_threads, lottery_batched
         from lottery_ticket.trainer import threads
 
-        with threads(_threads(args, os.cpu_count() or 1)):
+        with threads(_threads(args, eval_threads(1))):
             lottery_batched(args.output_dir, hp.to_dict(), args.seed, list(range(args.trials)), args.levels, ctx)
     else:
         workers, threads = _workers(args, args.trials, hp.model.model)
         jobs = [(args.output_dir, hp.to_dict(), args.seed, trial, args.levels) for trial in range(args.trials)]
-        datasets = shared_datasets(hp, ctx) if workers > 1 and len(jobs) > 1 else None
-        run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers), datasets)
+        run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
@@ -242,7 +241,7 @@ def cmd_lottery(args) -> None:
 
 
 def cmd_reinit(args) -> None:
-    from lottery_ticket.runner import control_jobs, control_run, run_jobs, shared_datasets
+    from lottery_ticket.runner import control_jobs, control_run, run_jobs
 
     if args.runs < 1:
         raise LotteryError("--runs must be >= 1")
@@ -250,10 +249,10 @@ def cmd_reinit(args) -> None:
     _check_device(ctx.device)
     jobs = control_jobs(args.experiment, args.control, parse_levels(args.levels), args.runs)
     if args.batched:
-        from lottery_ticket.runner import control_runs_batched
+        from lottery_ticket.runner import control_runs_batched, eval_threads
         from lottery_ticket.trainer import threads
 
-        with threads(_threads(args, os.cpu_count() or 1)):
+        with threads(_threads(args, eval_threads(1))):
             control_runs_batched(jobs, ctx)
     else:
         from lottery_ticket.hparams import Hparams
@@ -261,8 +260,7 @@ def cmd_reinit(args) -> None:
 
         hp = Hparams.from_dict(read_json(Path(args.experiment) / paths.EXPERIMENT_FILE)["hparams"])
         workers, threads = _workers(args, len(jobs), hp.model.model)
-        datasets = shared_datasets(hp, ctx) if workers > 1 and len(jobs) > 1 else None
-        run_jobs(control_run, jobs, workers, threads, _with_eval_threads(ctx, workers), datasets)
+        run_jobs(control_run, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 

@@ -83,10 +83,7 @@ def make_step(model: FullyConnected, optimizer: torch.optim.Optimizer, masks: Ma
     weights = [layer.weight for layer in layers]
     biases = [layer.bias for layer in layers]
     params = [p for layer in layers for p in (layer.weight, layer.bias)]
-    mask_of = {id(p): m for p, m in gradient_mask_pairs(model, masks)}
-    masked = [(k, mask_of[id(p)]) for k, p in enumerate(params) if id(p) in mask_of]
-    if len(masked) != len(mask_of):
-        raise ValueError("masks name tensors that are not weights of the fully-connected layers")
+    masked = gradient_mask_pairs(model, masks)  # (parameter, mask)
     buffers: dict[int, _Buffers] = {}
     update = make_update(optimizer)
 
@@ -129,7 +126,7 @@ def make_step(model: FullyConnected, optimizer: torch.optim.Optimizer, masks: Ma
             # multiplying by the bool tensor (h > 0).
             gh = torch.mm(g, weights[i], out=b.grads[i - 1])
             g = _relu_backward(gh, inputs[i], 0, grad_input=gh)
-        mask_gradients([(grads[k], mask) for k, mask in masked])
+        mask_gradients([(p.grad, mask) for p, mask in masked])
         update()
         return loss, correct
 

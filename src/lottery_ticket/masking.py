@@ -69,6 +69,16 @@ def check_masks(masks: Masks, model: nn.Module) -> None:
             raise LotteryError(f"mask {name!r} is not binary: every value must be exactly 0 or 1")
 
 
+def prepare_masks(model: nn.Module, masks: Masks | None, device: torch.device) -> Masks:
+    """The masks a run trains with: all ones if None, else `masks` checked against the model, as
+    float32 on `device`; applied to the model's weights (pruned weights set to 0)."""
+    masks = full_masks(model) if masks is None else {k: v.to(torch.float32) for k, v in masks.items()}
+    check_masks(masks, model)
+    masks = {k: v.to(device) for k, v in masks.items()}
+    apply_masks(model, masks)
+    return masks
+
+
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Masks) -> None:
     """Zero every pruned weight in place."""

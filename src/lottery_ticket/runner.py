@@ -107,7 +107,7 @@ def shared_datasets(hp: Hparams, ctx: Context) -> dict:
     if hp.dataset.permute_labels or ctx.device != "cpu":
         return {}
     splits = load_splits(hp, ctx, None)
-    for name in ("train_x", "train_y", "validation_x", "validation_y", "test_x", "test_y"):
+    for name in splits.TENSORS:
         getattr(splits, name).share_memory_()
     return {_dataset_key(hp, ctx, None): splits}
 
@@ -318,24 +318,28 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
     seeds = {t: trial_seeds(seed, t) for t in trials}
     splits = load_splits(hp, ctx, None)
     total = total_iterations(hp.training, len(splits.train_y), hp.dataset.batch_size)
-    prune_masks = pruner(hp, new_model(hp, splits, 0))
+    template = new_model(hp, splits, 0)  # the architecture: layer kinds, all-ones masks
+    prune_masks = pruner(hp, template)
     masks, reset, final = {}, {}, {}
+
+    def keep(t: int, level: int, result) -> None:
+        """What later levels need from trial t's run at `level`."""
+        final[t] = result.final
+        if level == 0:
+            reset[t] = result.rewind
+
     for level in range(levels + 1):
         todo = []
         for t in trials:
-            model = new_model(hp, splits, seeds[t]["model"], reset.get(t))
-            masks[t] = full_masks(model) if level == 0 else prune_masks(masks[t], final[t])
+            masks[t] = full_masks(template) if level == 0 else prune_masks(masks[t], final[t])
             out = paths.run_dir(exp_dir, t, level)
             record = run_record(hp, {"trial": t, "level": level, "control": "main", "run_index": 0,
                                      "seeds": seeds[t]})
             check_same_run(out, record)
             if paths.is_complete(out):
-                result = load_result(out)
-                final[t] = result.final
-                if level == 0:
-                    reset[t] = result.rewind
+                keep(t, level, load_result(out))
             else:
-                todo.append((t, model, out, record))
+                todo.append((t, new_model(hp, splits, seeds[t]["model"], reset.get(t)), out, record))
         if not todo:
             continue
         started = time.time()
@@ -347,9 +351,7 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
             for (t, _, out, record), result in zip(todo, results, strict=True):
                 write_run(out, record, masks[t], result, total)
                 report_run(out, result, started, ctx)
-                final[t] = result.final
-                if level == 0:
-                    reset[t] = result.rewind
+                keep(t, level, result)
 
 
 def _without_rewind(hp: Hparams) -> Hparams:
@@ -399,7 +401,7 @@ def default_threads(workers: int, model: str | None = None) -> int:
 
     if model is not None and is_fully_connected(model):
         return 1
-    return max(1, (os.cpu_count() or 1) // workers)
+    return eval_threads(workers)
 
 
 def eval_threads(workers: int) -> int:
@@ -412,9 +414,9 @@ def _init_worker(threads: int, datasets: dict) -> None:
     _SHARED_DATASETS.update(datasets)
 
 
-def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, datasets: dict | None = None) -> None:
+def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, share: Hparams | None = None) -> None:
     """Run fn(*job, ctx) for every job: in this process if `workers` is 1, else in a process pool
-    whose workers find `datasets` (from `shared_datasets`) already loaded."""
+    whose workers find the dataset of `share` (if given) already loaded, in shared memory."""
     if workers <= 1 or len(jobs) <= 1:
         with torch_threads(threads):
             for job in jobs:
@@ -422,7 +424,7 @@ def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, da
         return
     worker_ctx = replace(ctx, bars=False)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads, datasets or {})) as pool:
+                             initargs=(threads, shared_datasets(share, ctx) if share else {})) as pool:
         futures = [pool.submit(fn, *job, worker_ctx) for job in jobs]
         _, pending = wait(futures, return_when=FIRST_EXCEPTION)
         for future in pending:

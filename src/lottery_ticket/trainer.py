@@ -33,14 +33,7 @@ from lottery_ticket.errors import LotteryError
 from lottery_ticket.fast_optim import make_update
 from lottery_ticket.hparams import Hparams, TrainingHparams, milestones
 from lottery_ticket.lock import RunLock
-from lottery_ticket.masking import (
-    Masks,
-    apply_masks,
-    check_masks,
-    full_masks,
-    gradient_mask_pairs,
-    mask_gradients,
-)
+from lottery_ticket.masking import Masks, gradient_mask_pairs, mask_gradients, prepare_masks
 from lottery_ticket.store import (
     load_tensors,
     read_json,
@@ -310,10 +303,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
 
     t = hp.training
     model.to(device)
-    masks = full_masks(model) if masks is None else {k: v.to(torch.float32) for k, v in masks.items()}
-    check_masks(masks, model)
-    masks = {k: v.to(device) for k, v in masks.items()}
-    apply_masks(model, masks)
+    masks = prepare_masks(model, masks, device)
 
     train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
     validation = (splits.validation_x.to(device), splits.validation_y.to(device))
@@ -405,14 +395,14 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
 
         background, snapshot = ThreadPoolExecutor(1, thread_name_prefix="evaluate"), copy.deepcopy(model)
 
-    def record(new: list) -> None:
+    def log_rows(new: list) -> None:
         rows.extend(new)
         tensorboard.log(new)
 
     def write_progress(iteration: int) -> None:
         if out is None:
             return
-        record(finished_evaluations())
+        log_rows(finished_evaluations())
         save_checkpoint(checkpoint_dir, model, optimizer, iteration, {"metrics": rows},
                         {"window_loss": window_loss, "window_correct": window_correct})
         write_text_atomic(out / paths.METRICS, metrics_csv(rows))
@@ -433,7 +423,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     end = total if stop_after is None else min(total, stop_after)
     try:
         if start == first:
-            record(log_evaluation(start, 0))
+            log_rows(log_evaluation(start, 0))
         while iteration < end:
             if schedule:
                 lr = learning_rate(t, iteration)
@@ -456,7 +446,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
                     save_tensors(out / paths.REWIND, rewind)
             if iteration % t.eval_every == 0 or iteration == total:
                 new = log_evaluation(iteration, window)
-                record(new)
+                log_rows(new)
                 window = 0
                 if bar is not None:
                     bar.update(iteration - bar.n)
@@ -467,7 +457,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
                 if out is not None and time.monotonic() - last_checkpoint >= checkpoint_seconds and iteration < total:
                     write_progress(iteration)
                     last_checkpoint = time.monotonic()
-        record(finished_evaluations())  # one still running in the background (stop_after)
+        log_rows(finished_evaluations())  # one still running in the background (stop_after)
     except _Diverged as d:
         where = "no checkpoint was written"
         if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):

@@ -142,10 +142,11 @@ class Splits:
     test_x: torch.Tensor
     test_y: torch.Tensor
 
+    TENSORS = ("train_x", "train_y", "validation_x", "validation_y", "test_x", "test_y")
+
     def to(self, device: str | torch.device) -> Splits:
         """A copy with every tensor on `device` (e.g. to keep the whole dataset on the GPU)."""
-        fields = ("train_x", "train_y", "validation_x", "validation_y", "test_x", "test_y")
-        moved = {field: getattr(self, field).to(device) for field in fields}
+        moved = {field: getattr(self, field).to(device) for field in self.TENSORS}
         return Splits(self.name, self.num_classes, self.input_shape, **moved)
 
 
