@@ -565,3 +565,17 @@ def test_lock_outside_a_directory_is_a_user_error(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(LotteryError, match="Not a directory"):
         RunLock(tmp_path / "f" / "run").acquire()
+
+
+def test_taking_a_lock_removes_a_killed_writers_temp_files(tmp_path):
+    """A writer SIGKILLed inside write_bytes_atomic leaves `.<name>.<random>.tmp`; the next holder
+    of the directory's lock removes it (and nothing else)."""
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    leftovers_ = [run / ".metrics.csv.k3j2.tmp", run / "checkpoint" / ".state.safetensors.x9.tmp"]
+    kept = [run / "metrics.csv", run / "notes.tmp", run / "checkpoint" / "state.safetensors"]
+    for f in leftovers_ + kept:
+        f.write_bytes(b"x")
+    with RunLock(run):
+        assert not any(f.exists() for f in leftovers_)
+        assert all(f.exists() for f in kept)

@@ -3,7 +3,8 @@
 The lock is a file created with O_EXCL. A second process fails at once with the holder's name.
 A lock left by a dead process on this host is stale: it is removed and taken over, and so is an
 empty or unreadable lock file older than STALE_SECONDS (a crash between creating and writing it;
-a younger one is waited for).
+a younger one is waited for). Whoever takes the lock removes the temporary files of atomic writes
+that a killed holder left in the directory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from lottery_ticket.errors import LotteryError
-from lottery_ticket.store import _user_io_errors
+from lottery_ticket.store import _user_io_errors, remove_temp_files
 
 LOCK_NAME = ".lock"
 STALE_SECONDS = 5.0  # an empty or unreadable lock file older than this was left by a crash
@@ -79,6 +80,7 @@ class RunLock:
                     self.path.unlink()
                 raise
             self.held = True
+            remove_temp_files(self.path.parent)  # a killed writer's half-written files, now ours to clean
             return
         raise LotteryError(f"could not lock {self.path.parent}: the lock file keeps changing")
 

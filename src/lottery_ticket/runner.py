@@ -274,10 +274,26 @@ def batched_checkpoint(exp_dir: str | Path, identity: dict, ctx: Context):
             empty.rmdir()
 
 
-def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
-    """All control runs in `jobs` as one batched computation (fully-connected models; same data)."""
+def train_runs_batched(exp_dir: str | Path, runs: list[tuple], splits, hp: Hparams, ctx: Context,
+                       start_iteration: int = 0) -> list:
+    """Train `runs` -- (out, record, model, masks, order_seed) each -- as one batched computation,
+    resumable from its checkpoint, and write each run's files; the `TrainResult`s."""
     from lottery_ticket.batched import train_batched
 
+    started = time.time()
+    identity = {"runs": [str(Path(out).relative_to(exp_dir)) for out, *_ in runs], "hparams": hp.to_dict()}
+    total = total_iterations(hp.training, len(splits.train_y), hp.dataset.batch_size)
+    with batched_checkpoint(exp_dir, identity, ctx) as resumable:
+        results = train_batched([r[2] for r in runs], splits, hp, [r[4] for r in runs], [r[3] for r in runs],
+                                ctx.device, start_iteration=start_iteration, **resumable)
+        for (out, record, _, masks, _), result in zip(runs, results, strict=True):
+            write_run(out, record, masks, result, total)
+            report_run(out, result, started, ctx)
+    return results
+
+
+def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
+    """All control runs in `jobs` as one batched computation (fully-connected models; same data)."""
     setups = [prepare_control(*job, ctx) for job in jobs]
     if setups and setups[0].hp.dataset.permute_labels and len({c.run_info["trial"] for c in setups}) > 1:
         raise LotteryError("--batched trains all runs on the same labels; trials with --permute-labels differ")
@@ -289,17 +305,9 @@ def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
             todo.append((c, record))
     if not todo:
         return
-    started = time.time()
     first = todo[0][0]
-    exp_dir = jobs[0][0]
-    identity = {"runs": [str(c.out.relative_to(exp_dir)) for c, _ in todo], "hparams": first.hp.to_dict()}
-    total = total_iterations(first.hp.training, len(first.splits.train_y), first.hp.dataset.batch_size)
-    with batched_checkpoint(exp_dir, identity, ctx) as resumable:
-        results = train_batched([c.model for c, _ in todo], first.splits, first.hp, [c.order_seed for c, _ in todo],
-                                [c.masks for c, _ in todo], ctx.device, **resumable)
-        for (c, record), result in zip(todo, results, strict=True):
-            write_run(c.out, record, c.masks, result, total)
-            report_run(c.out, result, started, ctx)
+    runs = [(c.out, record, c.model, c.masks, c.order_seed) for c, record in todo]
+    train_runs_batched(jobs[0][0], runs, first.splits, first.hp, ctx)
 
 
 def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], levels: int, ctx: Context) -> None:
@@ -309,7 +317,6 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
     `lottery_trial`: complete runs are loaded, an interrupted level continues from the checkpoint
     of its batched computation.
     """
-    from lottery_ticket.batched import train_batched
     from lottery_ticket.masking import full_masks
 
     hp = Hparams.from_dict(hp_dict)
@@ -317,7 +324,6 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
         raise LotteryError("--batched trains all trials on the same labels; it cannot be combined with --permute-labels")
     seeds = {t: trial_seeds(seed, t) for t in trials}
     splits = load_splits(hp, ctx, None)
-    total = total_iterations(hp.training, len(splits.train_y), hp.dataset.batch_size)
     template = new_model(hp, splits, 0)  # the architecture: layer kinds, all-ones masks
     prune_masks = pruner(hp, template)
     masks, reset, final = {}, {}, {}
@@ -342,16 +348,11 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
                 todo.append((t, new_model(hp, splits, seeds[t]["model"], reset.get(t)), out, record))
         if not todo:
             continue
-        started = time.time()
-        identity = {"runs": [str(out.relative_to(exp_dir)) for _, _, out, _ in todo], "hparams": hp_dict}
-        with batched_checkpoint(exp_dir, identity, ctx) as resumable:
-            results = train_batched([m for _, m, _, _ in todo], splits, hp, [seeds[t]["order"] for t, *_ in todo],
-                                    [masks[t] for t, *_ in todo], ctx.device,
-                                    start_iteration=hp.training.rewind_iteration if level > 0 else 0, **resumable)
-            for (t, _, out, record), result in zip(todo, results, strict=True):
-                write_run(out, record, masks[t], result, total)
-                report_run(out, result, started, ctx)
-                keep(t, level, result)
+        runs = [(out, record, model, masks[t], seeds[t]["order"]) for t, model, out, record in todo]
+        results = train_runs_batched(exp_dir, runs, splits, hp, ctx,
+                                     start_iteration=hp.training.rewind_iteration if level > 0 else 0)
+        for (t, *_), result in zip(todo, results, strict=True):
+            keep(t, level, result)
 
 
 def _without_rewind(hp: Hparams) -> Hparams:

@@ -65,6 +65,14 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             raise
 
 
+def remove_temp_files(directory: str | Path) -> None:
+    """Delete what `write_bytes_atomic` calls killed mid-write left behind below `directory`
+    (`.<name>.<random>.tmp`). Only for the directory's one writer (see lock.RunLock)."""
+    for leftover in Path(directory).rglob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
