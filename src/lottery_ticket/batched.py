@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from lottery_ticket import procs
 from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.fast_mlp import (
@@ -292,6 +293,8 @@ def train_batched(
     last_checkpoint = time.monotonic()
     end = total if stop_after is None else min(total, stop_after)
     while iteration < end:
+        if procs.stop_requested():  # SIGINT/SIGTERM: checkpoint below, then raise Stopped
+            break
         if schedule:
             lr = learning_rate(t, iteration)
             for group in optimizer.param_groups:
@@ -315,8 +318,10 @@ def train_batched(
                 save(iteration, window)
                 last_checkpoint = time.monotonic()
 
-    if iteration < total and checkpoint_dir is not None:  # stopped early on purpose (stop_after)
+    if iteration < total and checkpoint_dir is not None:  # stopped early (stop_after, or a signal)
         save(iteration, window)
+    if iteration < end:
+        raise procs.Stopped(procs.stop_signal())
     stacked.copy_into(models)
     return [
         TrainResult(initial[n], state_dict_copy(models[n]), rewind[n], rows[n], resumed_from)

@@ -6,8 +6,11 @@ User mistakes (LotteryError) print one line, `error: ...`, and exit with status 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +30,8 @@ def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> N
     g.add_argument("--no-download", dest="download", action="store_false",
                    help="fail instead of downloading missing dataset files")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    g.add_argument("--quiet", action="store_true",
+                   help="no progress bars, per-run lines, progress view or download lines")
     g.add_argument("--checkpoint-seconds", type=float, default=10.0,
                    help="write a resumable checkpoint after this many seconds of training (default: 10)")
     g.add_argument("--no-fast", dest="fast", action="store_false",
@@ -53,11 +57,16 @@ def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lottery_ticket import __version__
+
     parser = argparse.ArgumentParser(
         prog="lth",
         description="Lottery ticket experiments (Frankle & Carbin, ICLR 2019): find winning tickets "
-                    "by iterative magnitude pruning and run the control experiments.",
+                    "by iterative magnitude pruning and run the control experiments. SIGINT or SIGTERM "
+                    "stops at the next training step with checkpoints written (exit 130 or 143); "
+                    "run the same command again to resume.",
     )
+    parser.add_argument("--version", action="version", version=f"lth (lottery_ticket) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one network (optionally masked and preset)",
@@ -98,12 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run every line of an argfile (skipping completed runs)",
                        description="Each non-empty line of ARGFILE (not starting with #) is one `lth` "
                                    "command without the leading `lth`, e.g. `train --lr 0.001 --output-dir "
-                                   "runs/a`. An executable ARGFILE is run and its output used. Lines run in "
-                                   "parallel; completed runs are skipped.")
+                                   "runs/a`. An ARGFILE that starts with a `#!` line and is executable is a "
+                                   "script: it is run and its output used (a text file with the exec bit is "
+                                   "still read as text). Lines run in parallel; completed runs are skipped. "
+                                   "A failing line does not stop the others: the sweep ends with a list of "
+                                   "the failed lines and exit status 2.")
     p.add_argument("argfile", help="a text file of command lines, or an executable script printing them")
     p.add_argument("--workers", type=int, default=None, help="lines run at once (default: one per core)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per line (default: cores / workers)")
-    p.add_argument("--dry-run", action="store_true", help="print the lines and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the lines and exit (an argfile script is not run: only named)")
+    p.add_argument("--argfile-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="stop an argfile script that runs longer than this and fail (default: 60)")
+    p.add_argument("--quiet", action="store_true", help="no progress view (the lines' own output stays)")
 
     p = sub.add_parser("report", help="tables, plots and an HTML report of an experiment",
                        description="Write DIR/report.html, DIR/report.md, DIR/results.csv and DIR/plots/.")
@@ -230,7 +246,8 @@ def cmd_lottery(args) -> None:
     else:
         workers, threads = _workers(args, args.trials, hp.model.model)
         jobs = [(args.output_dir, hp.to_dict(), args.seed, trial, args.levels) for trial in range(args.trials)]
-        run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp)
+        run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
+                 runs=args.trials * (args.levels + 1), what="trials")
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
@@ -260,24 +277,57 @@ def cmd_reinit(args) -> None:
 
         hp = Hparams.from_dict(read_json(Path(args.experiment) / paths.EXPERIMENT_FILE)["hparams"])
         workers, threads = _workers(args, len(jobs), hp.model.model)
-        run_jobs(control_run, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp)
+        run_jobs(control_run, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
+                 runs=len(jobs), what="control runs")
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
         print(summary_table(args.experiment))
 
 
-def sweep_lines(argfile: str) -> list[str]:
+def is_script(path: Path) -> bool:
+    """An argfile is a script if it starts with `#!` (decided by content: on network and Windows
+    mounts every file may carry the exec bit)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"#!"
+
+
+def _run_argfile_script(path: Path, timeout: float) -> str:
+    """The script's output; killed with all its children after `timeout` seconds."""
+    if not os.access(path, os.X_OK):
+        raise LotteryError(f"argfile {path} starts with #! but is not executable; chmod +x it, "
+                           "or remove the #! line to read it as text")
+    try:
+        proc = subprocess.Popen([str(path.resolve())], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    except OSError as e:
+        raise LotteryError(f"cannot run argfile script {path}: {e.strerror}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # (its own session: the script and what it started)
+        proc.wait()
+        raise LotteryError(f"argfile script {path} did not finish within {timeout:g} s "
+                           "(see --argfile-timeout)") from None
+    if proc.returncode != 0:
+        raise LotteryError(f"argfile script {path} failed ({proc.returncode}): {err.strip()[-300:]}")
+    return out
+
+
+def sweep_lines(argfile: str, timeout: float = 60.0) -> list[str]:
     path = Path(argfile)
     if not path.is_file():
         raise LotteryError(f"argfile {argfile} does not exist")
-    if os.access(path, os.X_OK):
-        proc = subprocess.run([str(path.resolve())], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise LotteryError(f"argfile script {argfile} failed ({proc.returncode}): {proc.stderr.strip()[-300:]}")
-        text = proc.stdout
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise LotteryError(f"--argfile-timeout must be a positive number of seconds; got {timeout}")
+    if is_script(path):
+        text = _run_argfile_script(path, timeout)
     else:
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise LotteryError(f"cannot read argfile {argfile}: {e}") from None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     parser = build_parser()
     for line in lines:
@@ -303,36 +353,40 @@ def run_sweep_line(line: str, threads: int) -> None:
 
 
 def cmd_sweep(args) -> None:
-    lines = sweep_lines(args.argfile)
+    from lottery_ticket.runner import Context, run_jobs
+
+    if args.dry_run and Path(args.argfile).is_file() and is_script(Path(args.argfile)):
+        print(f"would run argfile script {args.argfile} and run the lines it prints (not run: --dry-run)")
+        return
+    lines = sweep_lines(args.argfile, args.argfile_timeout)
     if args.dry_run:
         print("\n".join(lines))
         return
     workers, threads = _workers(args, len(lines))
     print(f"sweep: {len(lines)} lines, {workers} workers x {threads} threads", file=sys.stderr)
-    if workers <= 1:
-        for line in lines:
-            run_sweep_line(line, threads)
-        return
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_sweep_worker, line, threads): line for line in lines}
-        failed = []
-        for future, line in futures.items():
-            code = future.result()
-            if code:
-                failed.append(line)
+    codes = run_jobs(_sweep_line_job, [(line, threads) for line in lines], workers, 1, Context(quiet=args.quiet),
+                     what="sweep lines")
+    failed = [line for line, code in zip(lines, codes, strict=True) if code]
     if failed:
-        raise LotteryError(f"{len(failed)} of {len(lines)} sweep lines failed: {failed[0]!r} ...")
+        for line in failed:
+            print(f"failed: {line}", file=sys.stderr)
+        raise LotteryError(f"{len(failed)} of {len(lines)} sweep lines failed (listed above); "
+                           "the others ran; fix them and run the sweep again")
 
 
-def _sweep_worker(line: str, threads: int) -> int:
+def _sweep_line_job(line: str, threads: int, ctx=None) -> int:
+    """One line; its failure is printed and returned as its exit status, so the others still run.
+    (Stopped, a BaseException, goes through: a stop stops the whole sweep.)"""
     try:
         run_sweep_line(line, threads)
     except LotteryError as e:
-        print(f"error: {line}: {e}", file=sys.stderr)
+        print(f"error: {line}: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except Exception:  # a bug, not a user mistake: its traceback, and the other lines still run
+        import traceback
+
+        print(f"error: {line}: unexpected failure:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -380,11 +434,20 @@ def run(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lottery_ticket.procs import Stopped, stop_on_signals
+
+    argv = sys.argv[1:] if argv is None else argv
+    stoppable = bool(argv) and argv[0] in ("train", "lottery", "reinit", "sweep")  # (others stop at once)
     try:
-        run(sys.argv[1:] if argv is None else argv)
+        with stop_on_signals() if stoppable else contextlib.nullcontext():
+            run(argv)
     except LotteryError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Stopped as e:
+        print(f"interrupted ({signal.Signals(e.signum).name}): checkpoints written; "
+              "run the same command again to resume", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lottery_ticket import checkpoint, paths
+from lottery_ticket import checkpoint, paths, procs
 from lottery_ticket.controls import CONTROLS, control_init
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.experiment import experiment
@@ -96,6 +97,7 @@ def load_splits(hp: Hparams, ctx: Context, labels_seed: int | None):
         _DATASETS[key] = load_dataset(
             d.dataset, ctx.data_root, validation_size=d.validation_size, split_seed=d.split_seed,
             normalization=d.normalization, permute_labels_seed=key[-1], download=ctx.download,
+            quiet=ctx.quiet,
         )
     return _DATASETS[key]
 
@@ -147,11 +149,12 @@ def report_run(out: Path, result, started: float, ctx: Context) -> None:
 
     es = early_stopping(pd.DataFrame(result.metrics, columns=["iteration", "split", "loss", "accuracy"]))
     pm = 100 * density(load_tensors(out / paths.MASKS))
-    print(
-        f"{out}: Pm {pm:.1f}%  early stop at {es['early_stop_iteration']:.0f}  "
-        f"test acc {es['early_stop_test_accuracy']:.4f}  ({time.time() - started:.1f} s)",
-        file=sys.stderr, flush=True,
-    )
+    line = (f"{out}: Pm {pm:.1f}%  early stop at {es['early_stop_iteration']:.0f}  "
+            f"test acc {es['early_stop_test_accuracy']:.4f}  ({time.time() - started:.1f} s)")
+    if procs.has_progress_queue():  # a worker: the parent prints it above its progress view
+        procs.progress("line", str(out), line)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- experiments
@@ -410,26 +413,160 @@ def eval_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _init_worker(threads: int, datasets: dict) -> None:
+def _init_worker(threads: int, datasets: dict, parent_pid: int, progress_queue) -> None:
+    procs.die_with_parent(parent_pid)
+    if progress_queue is not None:
+        progress_queue.cancel_join_thread()  # (exiting never waits for the parent to read events)
+        procs.set_progress_queue(progress_queue)
     torch.set_num_threads(threads)
     _SHARED_DATASETS.update(datasets)
 
 
-def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, share: Hparams | None = None) -> None:
-    """Run fn(*job, ctx) for every job: in this process if `workers` is 1, else in a process pool
-    whose workers find the dataset of `share` (if given) already loaded, in shared memory."""
+def _call_job(fn, job: tuple, ctx: Context, parent_pid: int):
+    """fn(*job, ctx) in a worker; if the parent died meanwhile, exit once the run has stopped
+    (its checkpoint written, its lock released) rather than take the next job."""
+    try:
+        return fn(*job, ctx)
+    except procs.Stopped:
+        if not procs.parent_alive(parent_pid):
+            os._exit(128 + signal.SIGTERM)
+        raise
+
+
+def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, share: Hparams | None = None,
+             runs: int | None = None, what: str = "jobs") -> list:
+    """fn(*job, ctx) for every job, their results: in this process if `workers` is 1, else in a
+    process pool whose workers find the dataset of `share` (if given) already loaded, in shared
+    memory. `runs`: how many training runs the jobs make (for the progress view's ETA).
+
+    The pool's workers die with this process. Asked to stop (SIGINT/SIGTERM, see `procs`), this
+    process passes SIGTERM on to its workers, waits for them to write their checkpoints, and
+    raises `procs.Stopped`."""
     if workers <= 1 or len(jobs) <= 1:
         with torch_threads(threads):
-            for job in jobs:
-                fn(*job, ctx)
-        return
+            return [fn(*job, ctx) for job in jobs]
+    if not ctx.quiet:
+        print(f"starting {len(jobs)} {what} on {workers} worker processes x {threads} threads"
+              + (f" ({runs} training runs)" if runs else ""), file=sys.stderr, flush=True)
     worker_ctx = replace(ctx, bars=False)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads, shared_datasets(share, ctx) if share else {})) as pool:
-        futures = [pool.submit(fn, *job, worker_ctx) for job in jobs]
-        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in pending:
-            future.cancel()
-        for future in futures:
-            if future.done() and not future.cancelled() and future.exception() is not None:
-                raise future.exception()
+    mp = get_context("spawn")
+    queue = None if ctx.quiet else mp.Queue()
+    view = None if ctx.quiet else ProgressView(runs, len(jobs))
+    parent = os.getpid()
+    stopped: int | None = None
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker,
+                                 initargs=(threads, shared_datasets(share, ctx) if share else {}, parent,
+                                           queue)) as pool:
+            futures = [pool.submit(_call_job, fn, job, worker_ctx, parent) for job in jobs]
+            pending, failed = set(futures), False
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                if view is not None:
+                    view.update(queue, jobs_done=sum(f.done() for f in futures))
+                errors = [f.exception() for f in done if not f.cancelled() and f.exception() is not None]
+                if stopped is None and (procs.stop_requested() or any(isinstance(e, procs.Stopped) for e in errors)):
+                    stopped = procs.stop_signal() or next(e.signum for e in errors if isinstance(e, procs.Stopped))
+                    for process in list(getattr(pool, "_processes", {}).values()):
+                        with contextlib.suppress(Exception):
+                            process.terminate()  # SIGTERM: each worker checkpoints its run and stops
+                if (stopped is not None or errors) and not failed:
+                    failed = True
+                    for future in pending:
+                        future.cancel()
+                pending = {f for f in pending if not f.cancelled()}
+    finally:
+        if view is not None:
+            view.close()
+        if queue is not None:
+            queue.close()
+            queue.cancel_join_thread()
+    if stopped is not None:
+        raise procs.Stopped(stopped)
+    for future in futures:
+        if not future.cancelled() and future.exception() is not None:
+            raise future.exception()
+    return [future.result() for future in futures]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class ProgressView:
+    """The parent's one view of its workers' runs, from their `procs.progress` events: runs
+    done/running, iterations per second, ETA; a tqdm line on a terminal, else a plain line every
+    PLAIN_SECONDS. Lines the workers send (run started, run finished) are printed above it."""
+
+    PLAIN_SECONDS = 30.0
+
+    def __init__(self, runs: int | None, jobs: int):
+        self.runs, self.jobs = runs, jobs
+        self.running: dict[str, tuple[int, int]] = {}  # run -> (iteration, total)
+        self.done = self.jobs_done = self.trained = 0
+        self.totals: list[int] = []
+        self.started = time.monotonic()
+        self.last_plain = self.started
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=runs, unit="run", desc="runs", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{desc}: {n_fmt}/{total_fmt} {postfix}" if runs else "{desc}: {n_fmt} {postfix}")
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def update(self, queue, jobs_done: int) -> None:
+        import queue as queues
+
+        self.jobs_done = jobs_done
+        while True:
+            try:
+                _, kind, key, value = queue.get_nowait()
+            except (queues.Empty, OSError, ValueError, EOFError):
+                break
+            if kind == "start":
+                iteration, total = value
+                self.running[key] = (iteration, total)
+                self.totals.append(total)
+                self.write(f"start: {key} (iteration {iteration} of {total})" if iteration else f"start: {key}")
+            elif kind == "step" and key in self.running:
+                iteration, total = self.running[key]
+                self.trained += max(0, value - iteration)
+                self.running[key] = (value, total)
+            elif kind == "done":
+                if key in self.running:
+                    iteration, total = self.running.pop(key)
+                    self.trained += max(0, total - iteration)
+                self.done += 1
+            elif kind == "line":
+                self.write(str(value))
+        self.render()
+
+    def summary(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.trained / elapsed
+        text = f"{len(self.running)} running, {self.jobs_done}/{self.jobs} jobs done, {rate:.0f} it/s"
+        if self.runs and rate > 0 and self.totals:
+            waiting = max(0, self.runs - self.done - len(self.running))
+            left = sum(t - i for i, t in self.running.values()) + waiting * sum(self.totals) / len(self.totals)
+            text += f", ETA {_duration(left / rate)}"
+        return text
+
+    def render(self) -> None:
+        if self.bar is not None:
+            self.bar.n = self.done
+            self.bar.set_postfix_str(self.summary(), refresh=True)
+        elif time.monotonic() - self.last_plain >= self.PLAIN_SECONDS:
+            self.last_plain = time.monotonic()
+            runs = f"{self.done}/{self.runs}" if self.runs else str(self.done)
+            print(f"progress: {runs} runs done, {self.summary()}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lottery_ticket import paths
+from lottery_ticket import paths, procs
 from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.fast_optim import make_update
@@ -246,7 +246,9 @@ def train(
     if out is not None:
         check_same_run(out, record)
         if paths.is_complete(out):
+            procs.progress("done", str(out), False)
             return load_result(out)
+        procs.check_stop()  # (asked to stop between runs: start no new one)
         lock = RunLock(out)
         lock.acquire()
     else:
@@ -421,10 +423,14 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     # batches trained since the last evaluation (evaluations fall on multiples of eval_every)
     iteration, window = start, start - max(first, start - start % t.eval_every)
     end = total if stop_after is None else min(total, stop_after)
+    key = str(out or "train")
+    procs.progress("start", key, (start, total))
     try:
         if start == first:
             log_rows(log_evaluation(start, 0))
         while iteration < end:
+            if procs.stop_requested():  # SIGINT/SIGTERM: checkpoint below, then raise Stopped
+                break
             if schedule:
                 lr = learning_rate(t, iteration)
                 for group in optimizer.param_groups:
@@ -448,6 +454,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
                 new = log_evaluation(iteration, window)
                 log_rows(new)
                 window = 0
+                procs.progress("step", key, iteration)
                 if bar is not None:
                     bar.update(iteration - bar.n)
                     named = {s: (lo, a) for _, s, lo, a in new}
@@ -477,11 +484,14 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
         tensorboard.close()
 
     final = state_dict_copy(model)
-    if iteration < total:  # stopped early on purpose (stop_after): leave a resumable state
+    if iteration < total:  # stopped early (stop_after, or a signal): leave a resumable state
         write_progress(iteration)
+        if iteration < end:
+            raise procs.Stopped(procs.stop_signal())
         return TrainResult(initial, final, rewind, rows, start)
     if out is not None:
         finish_run_files(out, rows, final, total)
+    procs.progress("done", key, True)
     return TrainResult(initial, final, rewind, rows, start)
 
 
