@@ -333,3 +333,16 @@ def test_version(capsys):
         lth("--version")
     assert exit_.value.code == 0
     assert __version__ in capsys.readouterr().out
+
+
+def test_a_second_signal_stops_at_once():
+    from lottery_ticket import procs
+
+    with procs.stop_on_signals():
+        assert not procs.stop_requested()
+        procs.request_stop(signal.SIGTERM)  # the first one asks to stop at the next step
+        assert procs.stop_requested() and procs.stop_signal() == signal.SIGTERM
+        with pytest.raises(procs.Stopped) as stopped:
+            procs.request_stop(signal.SIGINT)
+        assert stopped.value.signum == signal.SIGTERM
+    assert not procs.stop_requested()

@@ -459,22 +459,24 @@ def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, sh
                                  initargs=(threads, shared_datasets(share, ctx) if share else {}, parent,
                                            queue)) as pool:
             futures = [pool.submit(_call_job, fn, job, worker_ctx, parent) for job in jobs]
-            pending, failed = set(futures), False
-            while pending:
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                if view is not None:
-                    view.update(queue, jobs_done=sum(f.done() for f in futures))
-                errors = [f.exception() for f in done if not f.cancelled() and f.exception() is not None]
-                if stopped is None and (procs.stop_requested() or any(isinstance(e, procs.Stopped) for e in errors)):
-                    stopped = procs.stop_signal() or next(e.signum for e in errors if isinstance(e, procs.Stopped))
-                    for process in list(getattr(pool, "_processes", {}).values()):
-                        with contextlib.suppress(Exception):
-                            process.terminate()  # SIGTERM: each worker checkpoints its run and stops
-                if (stopped is not None or errors) and not failed:
-                    failed = True
-                    for future in pending:
-                        future.cancel()
-                pending = {f for f in pending if not f.cancelled()}
+            pending = set(futures)
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                    if view is not None:
+                        view.update(queue, jobs_done=sum(f.done() for f in futures))
+                    errors = [f.exception() for f in done if not f.cancelled() and f.exception() is not None]
+                    stops = [e.signum for e in errors if isinstance(e, procs.Stopped)]
+                    if stopped is None and (procs.stop_requested() or stops):
+                        stopped = procs.stop_signal() or stops[0]
+                        _stop_workers(pool, pending)
+                    elif errors:  # (as before: the running jobs finish, no new one starts)
+                        for future in pending:
+                            future.cancel()
+                    pending = {f for f in pending if not f.cancelled()}
+            except BaseException:  # e.g. a second signal (Stopped at once): do not wait for every job
+                _stop_workers(pool, pending)
+                raise
     finally:
         if view is not None:
             view.close()
@@ -487,6 +489,15 @@ def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, sh
         if not future.cancelled() and future.exception() is not None:
             raise future.exception()
     return [future.result() for future in futures]
+
+
+def _stop_workers(pool: ProcessPoolExecutor, pending) -> None:
+    """Start no new job, and SIGTERM the workers: each checkpoints its run and stops."""
+    for future in pending:
+        future.cancel()
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            process.terminate()
 
 
 def _duration(seconds: float) -> str:
