@@ -306,7 +306,10 @@ def _run_argfile_script(path: Path, timeout: float) -> str:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # (its own session: the script and what it started)
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, signal.SIGKILL)  # (its own session: the script and what it started)
+            else:
+                proc.kill()
         proc.wait()
         raise LotteryError(f"argfile script {path} did not finish within {timeout:g} s "
                            "(see --argfile-timeout)") from None
