@@ -363,7 +363,6 @@ def _sweep_worker(line: str, threads: int) -> int:
 
 def _report(experiment: str, quiet: bool) -> None:
     from lottery_ticket.analysis.report import write_report
-
     from lottery_ticket.store import read_json
 
     if not Path(experiment).is_dir():

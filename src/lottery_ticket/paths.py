@@ -58,10 +58,17 @@ def is_complete(run: str | Path) -> bool:
     return (Path(run) / COMPLETE).is_file()
 
 
+def temp_name_pattern(names) -> re.Pattern:
+    """The temporary names `store.write_bytes_atomic` gives files named `names` while writing
+    them: `.<name>.<random>.tmp`."""
+    alternatives = "|".join(re.escape(name) for name in names)
+    return re.compile(rf"\.(?:{alternatives})\.[A-Za-z0-9_]+\.tmp")
+
+
 def foreign_entries(run: str | Path) -> list[str]:
     """The names in directory `run` that a run of ours does not write (sorted): none for an empty
     directory or one holding a run, or its leftovers (lock, temporary files of atomic writes)."""
-    ours = re.compile(r"\.(%s)\.[A-Za-z0-9_]+\.tmp" % "|".join(re.escape(n) for n in (*RESULT_FILES, COMPLETE)))
+    ours = temp_name_pattern((*RESULT_FILES, COMPLETE))
     return sorted(p.name for p in Path(run).iterdir() if p.name not in RUN_ENTRIES and not ours.fullmatch(p.name))
 
 

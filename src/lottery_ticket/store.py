@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import hashlib
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -73,13 +71,15 @@ def remove_temp_files(directory: str | Path, names) -> None:
     """Delete the temporary files `write_bytes_atomic` left in `directory` (not below it) when
     killed mid-write while writing one of `names`: `.<name>.<random>.tmp`, nothing else, so a
     user's own files are never touched. Only for the directory's one writer (see lock.RunLock)."""
-    directory = Path(directory)
-    for name in names:
-        pattern = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]+\.tmp")
-        for leftover in directory.glob(f".{glob.escape(name)}.*.tmp"):
-            if pattern.fullmatch(leftover.name) and leftover.is_file() and not leftover.is_symlink():
-                with contextlib.suppress(FileNotFoundError):
-                    leftover.unlink()
+    ours = paths.temp_name_pattern(names)
+    try:
+        entries = list(Path(directory).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for leftover in entries:
+        if ours.fullmatch(leftover.name) and leftover.is_file() and not leftover.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
