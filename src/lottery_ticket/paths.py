@@ -24,7 +24,7 @@ CHECKPOINT = "checkpoint"
 TENSORBOARD = "tensorboard"
 BATCHED_CHECKPOINTS = "batched_checkpoints"
 LOCK = ".lock"
-# The files of a run whose SHA-256 digests COMPLETE records (store.record_digests).
+# The files of a run whose SHA-256 digests COMPLETE records (store.result_digests).
 RESULT_FILES = (RUN_FILE, METRICS, MASKS, INITIAL, FINAL, REWIND)
 # Everything a run directory of ours may hold: `lth train` refuses a directory with anything else.
 RUN_ENTRIES = (*RESULT_FILES, COMPLETE, CHECKPOINT, TENSORBOARD, LOCK)

@@ -10,6 +10,7 @@
 
 Every file is written atomically (``store.write_bytes_atomic``: a crash leaves the old file or
 the new one, never a truncated one) with the mode every other file gets (0644 under umask 022).
+
 It works on a running experiment: tables and figures use complete runs only (unless
 ``include_incomplete=True``) and a note says how many runs are complete, incomplete or
 without metrics yet.  Every string put into the HTML is escaped.
