@@ -222,30 +222,38 @@ def call(name, *argv):
 flags = json.loads(sys.argv[6])
 shutil.copytree(source, full / "exp")
 call("full", "lottery", "--levels", 2, "--trials", 2, *flags, "--output-dir", full / "exp", "--data-root", root)
-fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
-try:
-    while True:
-        os.write(fd, bytes(4096))
-except OSError:
-    pass
-os.close(fd)
+def fill():
+    fd = os.open(full / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(4096))
+    except OSError:
+        pass
+    os.close(fd)
+
+fill()
 call("lock", "lottery", "--levels", 2, "--trials", 2, *flags, "--output-dir", full / "exp", "--data-root", root)
 os.unlink(full / "filler")
 call("read_only", "lottery", "--levels", 0, *flags, "--output-dir", ro / "exp", "--data-root", root)
 shutil.copytree(full / "exp", out / "after")
+fill()
+call("report_full", "report", full / "exp")
+os.unlink(full / "filler")
+call("report_read_only", "report", Path(sys.argv[7]))  # the complete experiment, mounted read-only
 results["temp_files"] = [str(p) for p in full.rglob("*.tmp")]
 (out / "results.json").write_text(json.dumps(results))
 """
 
 
 def test_real_full_and_read_only_filesystems(experiments, tmp_path):
-    """A tmpfs a little larger than a complete experiment, and a read-only one, in a private mount
-    namespace (root with CAP_SYS_ADMIN only; skipped elsewhere)."""
+    """A tmpfs a little larger than a complete experiment, a read-only one, and the experiment
+    bound read-only (for `lth report`), in a private mount namespace (root with CAP_SYS_ADMIN
+    only; skipped elsewhere)."""
     one, _, root = experiments
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         pytest.skip("needs unshare and mount")
-    full, ro, out = (tmp_path / n for n in ("full", "ro", "out"))
-    for d in (full, ro, out):
+    full, ro, out, ro_exp = (tmp_path / n for n in ("full", "ro", "out", "ro_exp"))
+    for d in (full, ro, out, ro_exp):
         d.mkdir()
     page = os.sysconf("SC_PAGE_SIZE")
     used = sum(-(-p.stat().st_size // page) * page for p in one.rglob("*") if p.is_file())
@@ -253,8 +261,9 @@ def test_real_full_and_read_only_filesystems(experiments, tmp_path):
     (tmp_path / "inner.py").write_text(INNER)
     flags = json.dumps([*EXP_FLAGS, "--workers", "1", "--threads", "1"])
     script = (f"mount -t tmpfs -o size={size_k}k tmpfs {full} && mount -t tmpfs -o ro,size=16k tmpfs {ro} "
+              f"&& mount --bind {one} {ro_exp} && mount -o remount,bind,ro {ro_exp} "
               f"|| exit 99; echo mounted > {out}/mounted; "
-              f"exec {sys.executable} {tmp_path / 'inner.py'} {one} {full} {ro} {out} {root} '{flags}'")
+              f"exec {sys.executable} {tmp_path / 'inner.py'} {one} {full} {ro} {out} {root} '{flags}' {ro_exp}")
     proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True, timeout=300)
     if not (out / "mounted").exists():
@@ -268,6 +277,10 @@ def test_real_full_and_read_only_filesystems(experiments, tmp_path):
     one_line_error(results["lock"]["stderr"], "no space left on device", ".lock")
     assert results["read_only"]["code"] == 2
     one_line_error(results["read_only"]["stderr"], "Read-only file system")
+    assert results["report_full"]["code"] == 2  # `lth report`: one line too, not a traceback
+    one_line_error(results["report_full"]["stderr"], "no space left on device", str(full / "exp"))
+    assert results["report_read_only"]["code"] == 2
+    one_line_error(results["report_read_only"]["stderr"], "Read-only file system", str(ro_exp))
     assert results["temp_files"] == []
     before, after = snapshot(one), snapshot(out / "after")
     assert {k: v for k, v in after.items() if k in before} == before  # complete results untouched
@@ -569,11 +582,17 @@ def test_lock_outside_a_directory_is_a_user_error(tmp_path):
 
 def test_taking_a_lock_removes_a_killed_writers_temp_files(tmp_path):
     """A writer SIGKILLed inside write_bytes_atomic leaves `.<name>.<random>.tmp`; the next holder
-    of the directory's lock removes it (and nothing else)."""
+    of the directory's lock removes it (and nothing else: not a user's `.*.tmp` files, not the
+    temporary files of our own names in folders below that are not the run's checkpoint/)."""
     run = tmp_path / "run"
     (run / "checkpoint").mkdir(parents=True)
-    leftovers_ = [run / ".metrics.csv.k3j2.tmp", run / "checkpoint" / ".state.safetensors.x9.tmp"]
-    kept = [run / "metrics.csv", run / "notes.tmp", run / "checkpoint" / "state.safetensors"]
+    (run / "src" / "deep").mkdir(parents=True)
+    leftovers_ = [run / ".metrics.csv.k3j2.tmp", run / "checkpoint" / ".state.safetensors.x9.tmp",
+                  run / ".COMPLETE.ab_12xyz.tmp", run / ".final.safetensors.q1w2e3r4.tmp"]
+    kept = [run / "metrics.csv", run / "notes.tmp", run / "checkpoint" / "state.safetensors",
+            run / ".draft.tmp", run / ".notes.txt.abc.tmp", run / ".metrics.csv.tmp",
+            run / "src" / "deep" / ".draft.tmp", run / "src" / ".metrics.csv.k3j2.tmp",
+            run / "checkpoint" / ".metrics.csv.k3j2.tmp"]
     for f in leftovers_ + kept:
         f.write_bytes(b"x")
     with RunLock(run):

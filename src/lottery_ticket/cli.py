@@ -71,7 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one network (optionally masked and preset)",
                        description="Train one network and write its run files to --output-dir.")
-    p.add_argument("--output-dir", required=True, help="directory for this run's files")
+    p.add_argument("--output-dir", required=True,
+                   help="directory for this run's files: new, empty, or holding this run (resumed); "
+                        "a directory holding other files is refused unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="train into --output-dir even if it holds files that are not this run's "
+                        "(they are left alone)")
     p.add_argument("--masks", nargs="+", default=None, metavar="PATH",
                    help="masks.safetensors file(s); several are combined by union")
     p.add_argument("--presets", default=None, metavar="PATH",
@@ -122,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress view (the lines' own output stays)")
 
     p = sub.add_parser("report", help="tables, plots and an HTML report of an experiment",
-                       description="Write DIR/report.html, DIR/report.md, DIR/results.csv and DIR/plots/.")
+                       description="Write DIR/report.html, DIR/report.md, DIR/results.csv, DIR/aggregate.csv "
+                                   "and DIR/plots/ for an experiment directory written by `lth lottery` "
+                                   "(any other directory is refused). Complete runs are checked against the "
+                                   "checksums recorded when they finished; a damaged file is an error.")
     p.add_argument("experiment", help="experiment directory (may still be running)")
 
     sub.add_parser("models", help="list the registered models")
@@ -195,6 +203,22 @@ def _with_eval_threads(ctx, workers: int):
     return replace(ctx, eval_threads=threads, background_eval=threads > 1)
 
 
+def _check_train_output_dir(directory: str, force: bool) -> None:
+    """Refuse (unless --force) a directory holding files a run does not write: most likely a
+    mistyped --output-dir pointing at a project or data folder, not a place for run files."""
+    path = Path(directory)
+    if force or not path.is_dir():
+        return
+    try:
+        foreign = paths.foreign_entries(path)
+    except OSError as e:
+        raise LotteryError(f"cannot read --output-dir {directory}: {e.strerror}") from None
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise LotteryError(f"--output-dir {directory} holds files that are not a lottery_ticket run ({shown}); "
+                           "choose a new or empty directory, or pass --force to train there anyway")
+
+
 def cmd_train(args) -> None:
     from lottery_ticket.masking import load_masks
     from lottery_ticket.runner import default_threads, load_splits, new_model, trial_seeds
@@ -205,6 +229,7 @@ def cmd_train(args) -> None:
     ctx = _with_eval_threads(_context(args), 1)
     train_threads = _threads(args, default_threads(1, hp.model.model))
     _check_device(ctx.device)
+    _check_train_output_dir(args.output_dir, args.force)
     seeds = trial_seeds(args.seed, args.trial)
     splits = load_splits(hp, ctx, seeds["labels"])
     presets = load_tensors(args.presets) if args.presets else None
@@ -395,9 +420,18 @@ def _sweep_line_job(line: str, threads: int, ctx=None) -> int:
 
 def _report(experiment: str, quiet: bool) -> None:
     from lottery_ticket.analysis.report import write_report
+    from lottery_ticket.store import read_json
 
     if not Path(experiment).is_dir():
         raise LotteryError(f"experiment directory {experiment} does not exist")
+    # The report's files overwrite any of the same names: only in a directory `lth lottery` made.
+    record_file = Path(experiment) / paths.EXPERIMENT_FILE
+    if not record_file.is_file():
+        raise LotteryError(f"{experiment} is not a lottery_ticket experiment (no {paths.EXPERIMENT_FILE}); "
+                           "give a directory written by `lth lottery`")
+    record = read_json(record_file)
+    if not isinstance(record, dict) or record.get("kind") != "lottery" or not isinstance(record.get("hparams"), dict):
+        raise LotteryError(f"{record_file} is not a lottery_ticket experiment record")
     written = write_report(experiment)
     if not quiet:
         print(f"report: {written['html']}")

@@ -4,7 +4,8 @@ The lock is a file created with O_EXCL. A second process fails at once with the 
 A lock left by a dead process on this host is stale: it is removed and taken over, and so is an
 empty or unreadable lock file older than STALE_SECONDS (a crash between creating and writing it;
 a younger one is waited for). Whoever takes the lock removes the temporary files of atomic writes
-that a killed holder left in the directory.
+that a killed holder left: only those of the files a run writes, only in the directory and its
+checkpoint/ folder (a user's own files, even `.*.tmp` ones, are never touched).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import socket
 import time
 from pathlib import Path
 
+from lottery_ticket import checkpoint, paths
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.store import _user_io_errors, remove_temp_files
 
-LOCK_NAME = ".lock"
+LOCK_NAME = paths.LOCK
 STALE_SECONDS = 5.0  # an empty or unreadable lock file older than this was left by a crash
 
 
@@ -80,9 +82,15 @@ class RunLock:
                     self.path.unlink()
                 raise
             self.held = True
-            remove_temp_files(self.path.parent)  # a killed writer's half-written files, now ours to clean
+            self._remove_killed_writers_temp_files()
             return
         raise LotteryError(f"could not lock {self.path.parent}: the lock file keeps changing")
+
+    def _remove_killed_writers_temp_files(self) -> None:
+        """A killed holder's half-written files (a run's, or a checkpoint's), now ours to clean."""
+        directory = self.path.parent
+        remove_temp_files(directory, (*paths.RESULT_FILES, paths.COMPLETE, checkpoint.FILE))
+        remove_temp_files(directory / paths.CHECKPOINT, (checkpoint.FILE,))
 
     def _read_holder(self) -> dict | None:
         """The holder's {"host", "pid"}, or None if the file is gone, empty or not such a record."""

@@ -23,6 +23,11 @@ COMPLETE = "COMPLETE"
 CHECKPOINT = "checkpoint"
 TENSORBOARD = "tensorboard"
 BATCHED_CHECKPOINTS = "batched_checkpoints"
+LOCK = ".lock"
+# The files of a run whose SHA-256 digests COMPLETE records (store.result_digests).
+RESULT_FILES = (RUN_FILE, METRICS, MASKS, INITIAL, FINAL, REWIND)
+# Everything a run directory of ours may hold: `lth train` refuses a directory with anything else.
+RUN_ENTRIES = (*RESULT_FILES, COMPLETE, CHECKPOINT, TENSORBOARD, LOCK)
 
 
 def trial_dir(experiment: str | Path, trial: int) -> Path:
@@ -51,6 +56,20 @@ def parse_run_name(name: str) -> tuple[str, int] | None:
 
 def is_complete(run: str | Path) -> bool:
     return (Path(run) / COMPLETE).is_file()
+
+
+def temp_name_pattern(names) -> re.Pattern:
+    """The temporary names `store.write_bytes_atomic` gives files named `names` while writing
+    them: `.<name>.<random>.tmp`."""
+    alternatives = "|".join(re.escape(name) for name in names)
+    return re.compile(rf"\.(?:{alternatives})\.[A-Za-z0-9_]+\.tmp")
+
+
+def foreign_entries(run: str | Path) -> list[str]:
+    """The names in directory `run` that a run of ours does not write (sorted): none for an empty
+    directory or one holding a run, or its leftovers (lock, temporary files of atomic writes)."""
+    ours = temp_name_pattern((*RESULT_FILES, COMPLETE))
+    return sorted(p.name for p in Path(run).iterdir() if p.name not in RUN_ENTRIES and not ours.fullmatch(p.name))
 
 
 def levels_present(experiment: str | Path, trial: int) -> list[int]:

@@ -28,7 +28,7 @@ from lottery_ticket.hparams import Hparams, diff, never_prune
 from lottery_ticket.lock import RunLock
 from lottery_ticket.masking import apply_presets, layer_kinds
 from lottery_ticket.pruning import layer_fractions, prune_global, prune_layerwise
-from lottery_ticket.store import load_tensors, read_json, write_json
+from lottery_ticket.store import load_tensors, read_json, verify_run, write_json
 from lottery_ticket.trainer import (
     check_same_run,
     load_result,
@@ -235,8 +235,11 @@ def prepare_control(exp_dir: str, control: str, trial: int, level: int, run_inde
     ticket = paths.run_dir(exp_dir, trial, level)
     if not paths.is_complete(ticket):
         raise LotteryError(f"the ticket run {ticket} is not complete; finish `lth lottery` first")
+    verify_run(ticket, [paths.MASKS])
     masks = load_tensors(ticket / paths.MASKS)
-    original = load_tensors(paths.run_dir(exp_dir, trial, 0) / paths.INITIAL)
+    level0 = paths.run_dir(exp_dir, trial, 0)
+    verify_run(level0, [paths.INITIAL])
+    original = load_tensors(level0 / paths.INITIAL)
     run_seed = derive_seed("control", control, seed, trial, level, run_index)
     splits = load_splits(hp, ctx, seeds["labels"])
     fresh = new_model(hp, splits, run_seed).state_dict()

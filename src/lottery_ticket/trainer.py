@@ -37,8 +37,10 @@ from lottery_ticket.masking import Masks, gradient_mask_pairs, mask_gradients, p
 from lottery_ticket.store import (
     load_tensors,
     read_json,
+    result_digests,
     save_tensors,
     state_dict_copy,
+    verify_run,
     write_json,
     write_text_atomic,
 )
@@ -270,6 +272,7 @@ def run_record(hp: Hparams, run_info: dict) -> dict:
 def check_same_run(out: Path, record: dict) -> None:
     """Refuse to touch a run directory that holds a run with other settings."""
     run_file = out / paths.RUN_FILE
+    verify_run(out, [paths.RUN_FILE])  # (a complete run's) before trusting what it says
     if not run_file.exists():
         return
     old = read_json(run_file)
@@ -287,8 +290,10 @@ def check_same_run(out: Path, record: dict) -> None:
 
 
 def load_result(out: str | Path) -> TrainResult:
-    """The result of a complete run, read back from its files."""
+    """The result of a complete run, read back from its files, each checked against the digest
+    COMPLETE recorded (runs completed before digests were recorded are read unchecked)."""
     out = Path(out)
+    verify_run(out)
     rewind_file = out / paths.REWIND
     initial = load_tensors(out / paths.INITIAL)
     return TrainResult(
@@ -503,10 +508,12 @@ def start_run_files(out: Path, record: dict, masks: Masks, initial: dict) -> Non
 
 
 def finish_run_files(out: Path, rows: list, final: dict, total: int) -> None:
-    """The files a run gets at its end; COMPLETE is written last, then the checkpoint goes."""
+    """The files a run gets at its end; COMPLETE, with the SHA-256 of every result file (checked
+    whenever they are read back, see store.verify_run), is written last, then the checkpoint goes."""
     write_text_atomic(out / paths.METRICS, metrics_csv(rows))
     save_tensors(out / paths.FINAL, final)
-    write_json(out / paths.COMPLETE, {"iterations": total, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    write_json(out / paths.COMPLETE, {"iterations": total, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                      "sha256": result_digests(out)})
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(out / paths.CHECKPOINT)
 

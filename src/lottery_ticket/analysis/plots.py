@@ -20,6 +20,7 @@ the data and shown in percent.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,13 +377,19 @@ def _thousands(value: float, _pos=None) -> str:
 
 
 def save_figure(fig: Figure, stem: str | Path, *, dpi: int = 150) -> tuple[Path, Path]:
-    """Save ``fig`` as ``<stem>.png`` (at ``dpi``) and ``<stem>.svg``; returns both paths."""
+    """Save ``fig`` as ``<stem>.png`` (at ``dpi``) and ``<stem>.svg``; returns both paths.
+
+    Each is rendered in memory and written atomically (a crash leaves no truncated figure)."""
+    from lottery_ticket.store import write_bytes_atomic
+
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
     with matplotlib.rc_context(_RC):
-        fig.savefig(png, dpi=dpi, metadata={"Software": None})
-        fig.savefig(svg, metadata={"Date": None})
+        for path, kwargs in ((png, {"format": "png", "dpi": dpi, "metadata": {"Software": None}}),
+                             (svg, {"format": "svg", "metadata": {"Date": None}})):
+            buffer = io.BytesIO()
+            fig.savefig(buffer, **kwargs)
+            write_bytes_atomic(path, buffer.getvalue())
     return png, svg
 
 

@@ -8,6 +8,9 @@
     aggregate.csv   mean/std/min/max/count over trials per (level, control)
     plots/*.png, plots/*.svg
 
+Every file is written atomically (``store.write_bytes_atomic``: a crash leaves the old file or
+the new one, never a truncated one) with the mode every other file gets (0644 under umask 022).
+
 It works on a running experiment: tables and figures use complete runs only (unless
 ``include_incomplete=True``) and a note says how many runs are complete, incomplete or
 without metrics yet.  Every string put into the HTML is escaped.
@@ -21,7 +24,6 @@ import html
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,7 @@ from lottery_ticket.analysis.table import (
     write_csv,
 )
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.store import write_text_atomic
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
@@ -365,17 +368,6 @@ def _render_markdown(ctx: dict) -> str:
 # ----------------------------------------------------------------------------- entry point
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     experiment_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -397,7 +389,6 @@ def write_report(
     if not root.is_dir():
         raise LotteryError(f"experiment directory not found: {root}")
     out = Path(out_dir) if out_dir is not None else root
-    out.mkdir(parents=True, exist_ok=True)
     plots_dir = out / "plots"
 
     results = load_results(root)
@@ -452,8 +443,8 @@ def write_report(
 
     html_path = out / "report.html"
     md_path = out / "report.md"
-    _write_text(html_path, _render_html(ctx))
-    _write_text(md_path, _render_markdown(ctx))
+    write_text_atomic(html_path, _render_html(ctx))
+    write_text_atomic(md_path, _render_markdown(ctx))
 
     paths: dict[str, Path] = {
         "html": html_path,

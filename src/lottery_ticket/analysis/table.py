@@ -6,8 +6,12 @@ Reads the layout of ``docs/architecture.md``::
 
 Everything here works on a *running* experiment: a run directory without ``metrics.csv``
 gets NaN metrics, one without ``masks.safetensors`` gets NaN Pm, one without ``COMPLETE``
-gets ``complete=False``; unreadable files are treated as missing.  Nothing is unpickled:
-masks are read with ``safetensors.torch.load_file``.
+gets ``complete=False``; unreadable files of a run that is not complete are treated as
+missing.  The files read from a complete run (``run.json``, ``metrics.csv``,
+``masks.safetensors``) are first checked against the SHA-256 digests its ``COMPLETE`` recorded
+(``store.verify_run``): a damaged one is a ``LotteryError`` naming it, never numbers computed
+from it.  Runs completed before digests were recorded are read unchecked.  Nothing is
+unpickled: masks are read with ``safetensors.torch.load_file``.
 
 Accuracies are fractions in [0, 1] as the trainer logs them; the text table prints them as
 percentages.
@@ -16,9 +20,7 @@ percentages.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +153,12 @@ def mask_density(masks_path: str | Path) -> dict[str, float]:
 
 
 def run_row(run: RunDir) -> dict:
-    """The results-table row of one run directory (never raises on missing files)."""
+    """The results-table row of one run directory (never raises on missing files; raises
+    LotteryError on a damaged file of a complete run)."""
+    from lottery_ticket import paths
+    from lottery_ticket.store import verify_run
+
+    verify_run(run.path, [paths.RUN_FILE, paths.METRICS, paths.MASKS])
     metrics_path = run.path / "metrics.csv"
     masks_path = run.path / "masks.safetensors"
     row: dict = {
@@ -210,7 +217,11 @@ def load_metrics(
 
     Columns ``trial, level, run, control, run_index, iteration, split, loss, accuracy``.
     ``controls=None`` reads every run; ``complete_only`` skips runs without ``COMPLETE``.
+    A complete run's ``metrics.csv`` is checked against its recorded digest first.
     """
+    from lottery_ticket import paths
+    from lottery_ticket.store import verify_run
+
     wanted = None if controls is None else set(controls)
     frames = []
     for run in find_runs(experiment_dir):
@@ -221,6 +232,7 @@ def load_metrics(
         metrics_path = run.path / "metrics.csv"
         if not metrics_path.is_file():
             continue
+        verify_run(run.path, [paths.METRICS])
         metrics = read_metrics(metrics_path)
         if metrics.empty:
             continue
@@ -298,16 +310,10 @@ def _std(values: pd.Series) -> float:
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a table as CSV (no index, full float precision), atomically; returns the path."""
+    from lottery_ticket.store import write_text_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            df.to_csv(handle, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, df.to_csv(index=False))
     return path
 
 
