@@ -242,3 +242,12 @@ def test_input_shapes_match_the_datasets(mnist_root):
     splits = load_splits(H.preset_hparams("paper"), Context(data_root=str(mnist_root)), None)
     assert splits.input_shape == INPUT_SHAPES["mnist"] and splits.num_classes == NUM_CLASSES
     assert set(INPUT_SHAPES) == set(H.DATASETS)
+
+
+def test_help_shows_each_numeric_hyperparameter_range(capsys):
+    with pytest.raises(SystemExit):
+        lth("train", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in ("learning rate (paper: 0.0012; allowed: > 0, finite)", "SGD momentum (paper: 0.0; allowed: [0, 1))",
+                   "training minibatch size (paper: 60; allowed: an integer >= 1)"):
+        assert needle in text

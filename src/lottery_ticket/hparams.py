@@ -31,6 +31,14 @@ class Range:
     high: float | None = None
     low_open: bool = False
 
+    def text(self, kind: type) -> str:
+        """The allowed values in words, for --help."""
+        if kind is int:
+            return f"an integer >= {self.low:g}"
+        if self.high is not None:
+            return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g})"
+        return f"{'>' if self.low_open else '>='} {self.low:g}, finite"
+
     def error(self, flag: str, value, kind: type) -> str | None:
         """The one-line complaint about `value`, or None if it is allowed."""
         if kind is int:
@@ -315,7 +323,8 @@ def add_hparam_flags(parser: argparse.ArgumentParser, sections=("dataset", "mode
         group = parser.add_argument_group(f"{section} hyperparameters (default: from --preset)")
         for f in fields(SECTIONS[section]):
             shown = getattr(getattr(paper, section), f.name)
-            help_text = f"{f.metadata.get('help', '')} (paper: {shown!r})"
+            allowed = f.metadata["range"].text(_kind(f)) if "range" in f.metadata else None
+            help_text = f"{f.metadata.get('help', '')} (paper: {shown!r}{'; allowed: ' + allowed if allowed else ''})"
             dest = f"hp__{section}__{f.name}"
             if f.type in ("bool", bool):
                 group.add_argument(
