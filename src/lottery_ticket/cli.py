@@ -17,9 +17,28 @@ from pathlib import Path
 
 from lottery_ticket import paths
 from lottery_ticket.errors import LotteryError
-from lottery_ticket.hparams import PRESETS, add_hparam_flags, hparams_from_args
+from lottery_ticket.hparams import INT_MAX, PRESETS, add_hparam_flags, hparams_from_args
 
 EXIT_USER_ERROR = 2
+MAX_COUNT = 10_000  # trials, runs per level, levels: more is a typo (job lists are built up front)
+MAX_PARALLEL = 1024  # threads, worker processes
+
+# the allowed integers of every numeric run flag (hyperparameters check themselves: hparams.Range)
+RUN_INT_FLAGS = {
+    "seed": (0, INT_MAX), "trial": (0, INT_MAX), "levels": (0, MAX_COUNT), "trials": (1, MAX_COUNT),
+    "runs": (1, MAX_COUNT), "threads": (1, MAX_PARALLEL), "workers": (1, MAX_PARALLEL),
+}
+
+
+def check_run_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag that is not a hyperparameter, checked before anything runs or is written."""
+    for name, (low, high) in RUN_INT_FLAGS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, int) and not low <= value <= high:
+            raise LotteryError(f"--{name} must be an integer in [{low}, {high}], got {value}")
+    seconds = getattr(args, "checkpoint_seconds", None)
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise LotteryError(f"--checkpoint-seconds must be finite and > 0, got {seconds}")
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> None:
@@ -139,26 +158,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_levels(text: str) -> list[int]:
-    levels: list[int] = []
+    """`0-5` or `1,3,7` (or both, `0-2,5`) as a sorted list; bounds are checked before a range is built."""
+    levels: set[int] = set()
     try:
         for part in text.split(","):
             if "-" in part:
-                a, b = part.split("-")
-                levels.extend(range(int(a), int(b) + 1))
+                a, b = (int(v) for v in part.split("-"))
             elif part.strip():
-                levels.append(int(part))
+                a = b = int(part)
+            else:
+                continue
+            if max(a, b) > MAX_COUNT:
+                raise LotteryError(f"--levels must name levels in [0, {MAX_COUNT}]; got {text!r}")
+            levels.update(range(a, b + 1))
     except ValueError:
         raise LotteryError(f"--levels must look like 0-5 or 1,3,7; got {text!r}") from None
     if not levels or min(levels) < 0:
         raise LotteryError(f"--levels must name levels >= 0; got {text!r}")
-    return sorted(set(levels))
+    return sorted(levels)
 
 
 def _context(args):
     from lottery_ticket.runner import Context
 
-    if args.checkpoint_seconds <= 0:
-        raise LotteryError("--checkpoint-seconds must be > 0")
     return Context(data_root=args.data_root, device=args.device, quiet=args.quiet,
                    checkpoint_seconds=args.checkpoint_seconds, fast=args.fast, download=args.download)
 
@@ -225,7 +247,10 @@ def cmd_train(args) -> None:
     from lottery_ticket.store import load_tensors
     from lottery_ticket.trainer import threads, train
 
+    from lottery_ticket.runner import check_model
+
     hp = hparams_from_args(args)
+    check_model(hp)
     ctx = _with_eval_threads(_context(args), 1)
     train_threads = _threads(args, default_threads(1, hp.model.model))
     _check_device(ctx.device)
@@ -250,11 +275,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_lottery(args) -> None:
-    from lottery_ticket.runner import lottery_trial, prepare_experiment, run_jobs
+    from lottery_ticket.runner import check_model, lottery_trial, prepare_experiment, run_jobs
 
     hp = hparams_from_args(args)
-    if args.levels < 0 or args.trials < 1:
-        raise LotteryError("--levels must be >= 0 and --trials >= 1")
+    check_model(hp, batched=args.batched)
     t = hp.training
     if args.levels > 0 and t.epochs == 0 and t.rewind_iteration >= t.iterations > 0:
         raise LotteryError(f"--rewind-iteration {t.rewind_iteration} must be less than --iterations "
@@ -283,13 +307,14 @@ def cmd_lottery(args) -> None:
 
 
 def cmd_reinit(args) -> None:
-    from lottery_ticket.runner import control_jobs, control_run, run_jobs
+    from lottery_ticket.runner import check_model, control_jobs, control_run, read_experiment, run_jobs
 
-    if args.runs < 1:
-        raise LotteryError("--runs must be >= 1")
     ctx = _context(args)
     _check_device(ctx.device)
-    jobs = control_jobs(args.experiment, args.control, parse_levels(args.levels), args.runs)
+    levels = parse_levels(args.levels)
+    jobs = control_jobs(args.experiment, args.control, levels, args.runs)
+    hp, _ = read_experiment(args.experiment)
+    check_model(hp, batched=args.batched, trials=len({job[2] for job in jobs}))
     if args.batched:
         from lottery_ticket.runner import control_runs_batched, eval_threads
         from lottery_ticket.trainer import threads
@@ -297,10 +322,6 @@ def cmd_reinit(args) -> None:
         with threads(_threads(args, eval_threads(1))):
             control_runs_batched(jobs, ctx)
     else:
-        from lottery_ticket.hparams import Hparams
-        from lottery_ticket.store import read_json
-
-        hp = Hparams.from_dict(read_json(Path(args.experiment) / paths.EXPERIMENT_FILE)["hparams"])
         workers, threads = _workers(args, len(jobs), hp.model.model)
         run_jobs(control_run, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
                  runs=len(jobs), what="control runs")
@@ -363,9 +384,15 @@ def sweep_lines(argfile: str, timeout: float = 60.0) -> list[str]:
         if not words or words[0] not in ("train", "lottery", "reinit"):
             raise LotteryError(f"argfile line must start with train, lottery or reinit: {line!r}")
         try:
-            parser.parse_args(words)
+            args = parser.parse_args(words)
         except SystemExit:
             raise LotteryError(f"invalid argfile line: {line!r}") from None
+        try:  # every line's flags before any line runs
+            check_run_flags(args)
+            if words[0] != "reinit":
+                hparams_from_args(args)
+        except LotteryError as e:
+            raise LotteryError(f"argfile line {line!r}: {e}") from None
     return lines
 
 
@@ -467,6 +494,7 @@ COMMANDS = {
 
 def run(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
+    check_run_flags(args)
     COMMANDS[args.command](args)
 
 

@@ -10,23 +10,88 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from lottery_ticket.errors import LotteryError
 
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
+INITIALIZERS = ("glorot_normal", "glorot_uniform", "kaiming_normal", "kaiming_uniform")  # = models.init's
+INT_MAX = 2**63 - 1  # every integer hyperparameter fits 64 bits: torch seeds and iteration counters
+
 
 @dataclass(frozen=True)
-class DatasetHparams:
-    dataset: str = field(default="mnist", metadata={"help": "mnist | fashion_mnist | cifar10"})
-    batch_size: int = field(default=60, metadata={"help": "training minibatch size"})
+class Range:
+    """The allowed values of a numeric hyperparameter, declared next to its field: `low <= v`
+    (`low < v` if `low_open`) and `v < high` if `high` is given. Floats must also be finite
+    (nan and inf are never meaningful here), integers at most INT_MAX."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+
+    def text(self, kind: type) -> str:
+        """The allowed values in words, for --help."""
+        if kind is int:
+            return f"an integer >= {self.low:g}"
+        if self.high is not None:
+            return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g})"
+        return f"{'>' if self.low_open else '>='} {self.low:g}, finite"
+
+    def error(self, flag: str, value, kind: type) -> str | None:
+        """The one-line complaint about `value`, or None if it is allowed."""
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"{flag} must be an integer, got {value!r}"
+            if value < self.low:
+                return f"{flag} must be an integer >= {self.low}, got {value}"
+            if value > INT_MAX:
+                return f"{flag} must be at most 2**63 - 1 = {INT_MAX}, got {value}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{flag} must be a number, got {value!r}"
+        inside = (value > self.low if self.low_open else value >= self.low) and math.isfinite(value)
+        if self.high is not None:
+            if inside and value < self.high:
+                return None
+            return f"{flag} must be in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}), got {value}"
+        return None if inside else f"{flag} must be {'>' if self.low_open else '>='} {self.low:g} and finite, got {value}"
+
+
+class _Section:
+    """Field-by-field checks from each field's metadata: type, `range` (numbers), `choices` (strings)."""
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value, flag, kind = getattr(self, f.name), flag_name(f.name), _kind(f)
+            if "range" in f.metadata:
+                problem = f.metadata["range"].error(flag, value, kind)
+                if problem:
+                    raise LotteryError(problem)
+            elif not isinstance(value, kind):
+                raise LotteryError(f"{flag} must be {'true or false' if kind is bool else 'a string'}, got {value!r}")
+            if "choices" in f.metadata and value not in f.metadata["choices"]:
+                raise LotteryError(f"unknown {f.name.replace('_', ' ')} {value!r}: {flag} must be one of "
+                                  f"{', '.join(f.metadata['choices'])}")
+
+
+def _kind(f) -> type:
+    """The Python type of a hyperparameter field (annotations are strings here)."""
+    return {"int": int, "float": float, "str": str, "bool": bool}[f.type if isinstance(f.type, str) else f.type.__name__]
+
+
+@dataclass(frozen=True)
+class DatasetHparams(_Section):
+    dataset: str = field(default="mnist", metadata={"help": "mnist | fashion_mnist | cifar10", "choices": DATASETS})
+    batch_size: int = field(default=60, metadata={"help": "training minibatch size", "range": Range(1)})
     validation_size: int = field(
-        default=5000, metadata={"help": "training examples held out for validation"}
+        default=5000, metadata={"help": "training examples held out for validation", "range": Range(0)}
     )
-    split_seed: int = field(default=0, metadata={"help": "seed of the validation split"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the validation split", "range": Range(0)})
     normalization: str = field(
         default="standard",
-        metadata={"help": "standard (dataset mean/std) | l2 (per example, as the original code) | none"},
+        metadata={"help": "standard (dataset mean/std) | l2 (per example, as the original code) | none", "choices": ("standard", "l2", "none")},
     )
     augment: bool = field(
         default=False, metadata={"help": "random 4-pixel crop and horizontal flip (images only)"}
@@ -37,57 +102,57 @@ class DatasetHparams:
 
 
 @dataclass(frozen=True)
-class ModelHparams:
+class ModelHparams(_Section):
     model: str = field(default="lenet_300_100", metadata={"help": "a registered model (see `lth models`)"})
     init: str = field(
         default="glorot_normal",
-        metadata={"help": "glorot_normal | glorot_uniform | kaiming_normal | kaiming_uniform"},
+        metadata={"help": "glorot_normal | glorot_uniform | kaiming_normal | kaiming_uniform", "choices": INITIALIZERS},
     )
-    dropout: float = field(default=0.0, metadata={"help": "dropout after hidden fully-connected layers (conv nets)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout after hidden fully-connected layers (conv nets)", "range": Range(0, 1)})
 
 
 @dataclass(frozen=True)
-class TrainingHparams:
-    optimizer: str = field(default="adam", metadata={"help": "adam | sgd"})
-    lr: float = field(default=1.2e-3, metadata={"help": "learning rate"})
-    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
-    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay (added to the gradient)"})
-    iterations: int = field(default=50000, metadata={"help": "training iterations (minibatches)"})
+class TrainingHparams(_Section):
+    optimizer: str = field(default="adam", metadata={"help": "adam | sgd", "choices": ("adam", "sgd")})
+    lr: float = field(default=1.2e-3, metadata={"help": "learning rate", "range": Range(0, low_open=True)})
+    momentum: float = field(default=0.0, metadata={"help": "SGD momentum", "range": Range(0, 1)})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay (added to the gradient)", "range": Range(0)})
+    iterations: int = field(default=50000, metadata={"help": "training iterations (minibatches)", "range": Range(0)})
     epochs: int = field(
-        default=0, metadata={"help": "if > 0, train this many epochs instead of --iterations"}
+        default=0, metadata={"help": "if > 0, train this many epochs instead of --iterations", "range": Range(0)}
     )
     eval_every: int = field(
-        default=100, metadata={"help": "evaluate validation and test every this many iterations"}
+        default=100, metadata={"help": "evaluate validation and test every this many iterations", "range": Range(1)}
     )
     warmup_iterations: int = field(
-        default=0, metadata={"help": "linear learning-rate warmup from 0 over this many iterations"}
+        default=0, metadata={"help": "linear learning-rate warmup from 0 over this many iterations", "range": Range(0)}
     )
     lr_milestones: str = field(
         default="", metadata={"help": "comma-separated iterations where the lr is multiplied by --lr-gamma"}
     )
-    lr_gamma: float = field(default=0.1, metadata={"help": "learning-rate decay factor at each milestone"})
+    lr_gamma: float = field(default=0.1, metadata={"help": "learning-rate decay factor at each milestone", "range": Range(0, low_open=True)})
     rewind_iteration: int = field(
         default=0,
-        metadata={"help": "late rewinding: reset to the level-0 weights at this iteration instead of 0"},
+        metadata={"help": "late rewinding: reset to the level-0 weights at this iteration instead of 0", "range": Range(0)},
     )
 
 
 @dataclass(frozen=True)
-class PruningHparams:
+class PruningHparams(_Section):
     strategy: str = field(
-        default="layerwise", metadata={"help": "layerwise (per-layer rates) | global (one threshold)"}
+        default="layerwise", metadata={"help": "layerwise (per-layer rates) | global (one threshold)", "choices": ("layerwise", "global")}
     )
     fc_fraction: float = field(
-        default=0.2, metadata={"help": "layerwise: fraction of remaining fully-connected weights pruned per level"}
+        default=0.2, metadata={"help": "layerwise: fraction of remaining fully-connected weights pruned per level", "range": Range(0, 1)}
     )
     conv_fraction: float = field(
-        default=0.1, metadata={"help": "layerwise: fraction of remaining conv weights pruned per level"}
+        default=0.1, metadata={"help": "layerwise: fraction of remaining conv weights pruned per level", "range": Range(0, 1)}
     )
     output_fraction: float = field(
-        default=0.1, metadata={"help": "layerwise: fraction of remaining output-layer weights pruned per level"}
+        default=0.1, metadata={"help": "layerwise: fraction of remaining output-layer weights pruned per level", "range": Range(0, 1)}
     )
     global_fraction: float = field(
-        default=0.2, metadata={"help": "global: fraction of all remaining prunable weights pruned per level"}
+        default=0.2, metadata={"help": "global: fraction of all remaining prunable weights pruned per level", "range": Range(0, 1)}
     )
     never_prune: str = field(
         default="", metadata={"help": "comma-separated tensor names that are never pruned"}
@@ -106,16 +171,32 @@ class Hparams:
 
     @classmethod
     def from_dict(cls, d: dict[str, dict[str, Any]]) -> Hparams:
+        """The hyperparameters of `d` (e.g. read from experiment.json), checked like flags are."""
+        if not isinstance(d, dict):
+            raise LotteryError(f"hyperparameters must be a JSON object of sections, got {type(d).__name__}")
+        unknown = set(d) - set(SECTIONS)
+        if unknown:
+            raise LotteryError(f"unknown hyperparameter sections {sorted(unknown)}")
         sections = {}
         for f in fields(cls):
             section_cls = f.default_factory
-            known = {sf.name for sf in fields(section_cls)}
+            kinds = {sf.name: _kind(sf) for sf in fields(section_cls)}
             values = d.get(f.name, {})
-            unknown = set(values) - known
+            if not isinstance(values, dict):
+                raise LotteryError(f"hyperparameter section {f.name} must be a JSON object, got {values!r}")
+            unknown = set(values) - set(kinds)
             if unknown:
                 raise LotteryError(f"unknown hyperparameters in section {f.name}: {sorted(unknown)}")
+            # JSON may spell a float as an integer (1 for 1.0); the CLI always gives floats
+            values = {k: float(v) if kinds[k] is float and type(v) is int else v for k, v in values.items()}
             sections[f.name] = section_cls(**values)
-        return cls(**sections)
+        hp = cls(**sections)
+        hp.validate()
+        return hp
+
+    def validate(self) -> None:
+        """Reject impossible settings with one line naming the flag and what it allows."""
+        validate(self)
 
     def digest(self) -> str:
         """A short stable hash of every hyperparameter (used to name and match experiments)."""
@@ -242,7 +323,8 @@ def add_hparam_flags(parser: argparse.ArgumentParser, sections=("dataset", "mode
         group = parser.add_argument_group(f"{section} hyperparameters (default: from --preset)")
         for f in fields(SECTIONS[section]):
             shown = getattr(getattr(paper, section), f.name)
-            help_text = f"{f.metadata.get('help', '')} (paper: {shown!r})"
+            allowed = f.metadata["range"].text(_kind(f)) if "range" in f.metadata else None
+            help_text = f"{f.metadata.get('help', '')} (paper: {shown!r}{'; allowed: ' + allowed if allowed else ''})"
             dest = f"hp__{section}__{f.name}"
             if f.type in ("bool", bool):
                 group.add_argument(
@@ -271,16 +353,11 @@ def hparams_from_args(args: argparse.Namespace) -> Hparams:
 
 
 def validate(hp: Hparams) -> None:
-    """Reject impossible settings with one clear message."""
-    d, t, p = hp.dataset, hp.training, hp.pruning
-    if d.dataset not in ("mnist", "fashion_mnist", "cifar10"):
-        raise LotteryError(f"unknown dataset {d.dataset!r}; choose mnist, fashion_mnist or cifar10")
-    if d.normalization not in ("standard", "l2", "none"):
-        raise LotteryError(f"unknown normalization {d.normalization!r}; choose standard, l2 or none")
-    if d.batch_size < 1:
-        raise LotteryError(f"--batch-size must be >= 1, got {d.batch_size}")
-    if d.validation_size < 0:
-        raise LotteryError(f"--validation-size must be >= 0, got {d.validation_size}")
+    """Reject impossible settings with one clear message: every field against its own `range` or
+    `choices` (see the section classes), then the settings that depend on each other."""
+    for section in SECTIONS:
+        getattr(hp, section).validate()
+    d, t = hp.dataset, hp.training
     # checked here, before anything is written, not first when the dataset is loaded or trained on
     from lottery_ticket.data.datasets import TRAIN_SIZES
 
@@ -294,26 +371,11 @@ def validate(hp: Hparams) -> None:
             f"--batch-size {d.batch_size} is larger than the training set "
             f"({images} {d.dataset} training images - {d.validation_size} validation = {images - d.validation_size})"
         )
-    if t.optimizer not in ("adam", "sgd"):
-        raise LotteryError(f"unknown optimizer {t.optimizer!r}; choose adam or sgd")
-    if not t.lr > 0:
-        raise LotteryError(f"--lr must be > 0, got {t.lr}")
     if t.iterations < 1 and t.epochs < 1:
         raise LotteryError("--iterations (or --epochs) must be >= 1")
-    if t.eval_every < 1:
-        raise LotteryError(f"--eval-every must be >= 1, got {t.eval_every}")
-    for name in ("momentum", "weight_decay", "warmup_iterations", "rewind_iteration", "epochs"):
-        if getattr(t, name) < 0:
-            raise LotteryError(f"{flag_name(name)} must be >= 0, got {getattr(t, name)}")
     if t.epochs == 0 and t.rewind_iteration > t.iterations:
         raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {t.iterations} training iterations")
     milestones(t)
-    if p.strategy not in ("layerwise", "global"):
-        raise LotteryError(f"unknown pruning strategy {p.strategy!r}; choose layerwise or global")
-    for name in ("fc_fraction", "conv_fraction", "output_fraction", "global_fraction"):
-        value = getattr(p, name)
-        if not 0.0 <= value < 1.0:
-            raise LotteryError(f"{flag_name(name)} must be in [0, 1), got {value}")
 
 
 def milestones(t: TrainingHparams) -> list[int]:

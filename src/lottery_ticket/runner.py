@@ -24,7 +24,7 @@ from lottery_ticket import checkpoint, paths, procs
 from lottery_ticket.controls import CONTROLS, control_init
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.experiment import experiment
-from lottery_ticket.hparams import Hparams, diff, never_prune
+from lottery_ticket.hparams import INT_MAX, Hparams, diff, never_prune
 from lottery_ticket.lock import RunLock
 from lottery_ticket.masking import apply_presets, layer_kinds
 from lottery_ticket.pruning import layer_fractions, prune_global, prune_layerwise
@@ -130,6 +130,12 @@ def pruner(hp: Hparams, model: torch.nn.Module):
     """prune_masks(masks, final_weights) for these hyperparameters."""
     p = hp.pruning
     if p.strategy == "global":
+        from lottery_ticket.masking import prunable_names
+
+        unknown = set(never_prune(p)) - set(prunable_names(model))
+        if unknown:
+            raise LotteryError(f"--never-prune names unknown tensors {sorted(unknown)}; "
+                               f"prunable: {sorted(prunable_names(model))}")
         return lambda masks, weights: prune_global(masks, weights, p.global_fraction, never_prune(p))
     fractions = layer_fractions(layer_kinds(model), p.fc_fraction, p.conv_fraction, p.output_fraction)
     for name in never_prune(p):
@@ -137,6 +143,47 @@ def pruner(hp: Hparams, model: torch.nn.Module):
             raise LotteryError(f"--never-prune names unknown tensor {name!r}; prunable: {sorted(fractions)}")
         fractions[name] = 0.0
     return lambda masks, weights: prune_layerwise(masks, weights, fractions)
+
+
+INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+NUM_CLASSES = 10  # every dataset here
+
+
+def check_model(hp: Hparams, batched: bool = False, trials: int | None = None) -> None:
+    """What depends on the network, checked before anything is written or loaded: build it
+    (model name, --init, --dropout), the pruner (--never-prune names) and, with `batched`, what
+    batched training supports (`trials`: how many trials share the labels; None: any number)."""
+    from lottery_ticket.models import build_model
+    from lottery_ticket.models.fc import is_fully_connected
+
+    model = build_model(hp.model.model, seed=0, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPES[hp.dataset.dataset],
+                        init=hp.model.init, dropout=hp.model.dropout)
+    pruner(hp, model)
+    if batched:
+        if not is_fully_connected(hp.model.model):
+            raise LotteryError(f"--batched supports fully-connected models only, not {hp.model.model}")
+        if hp.dataset.augment:
+            raise LotteryError("--batched does not support --augment")
+        if hp.dataset.permute_labels and (trials is None or trials > 1):
+            raise LotteryError("--batched trains all trials on the same labels; it cannot be combined with "
+                               "--permute-labels")
+
+
+def read_experiment(exp_dir: str | Path) -> tuple[Hparams, int]:
+    """The hyperparameters and seed in exp_dir/experiment.json, checked; anything else there
+    (a hand edit, another program's file) is one error naming the file."""
+    path = Path(exp_dir) / paths.EXPERIMENT_FILE
+    record = read_json(path)
+    try:
+        if not isinstance(record, dict) or "hparams" not in record:
+            raise LotteryError("it has no hparams")
+        seed = record.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT_MAX:
+            raise LotteryError(f"seed must be an integer in [0, {INT_MAX}], got {seed!r}")
+        return Hparams.from_dict(record["hparams"]), seed
+    except LotteryError as e:
+        raise LotteryError(f"{path} is not a valid lottery_ticket experiment record ({e}); "
+                           "restore it, or use another directory") from None
 
 
 def report_run(out: Path, result, started: float, ctx: Context) -> None:
@@ -165,13 +212,10 @@ def prepare_experiment(exp_dir: str | Path, hp: Hparams, seed: int) -> None:
     exp_dir = Path(exp_dir)
     record_file = exp_dir / paths.EXPERIMENT_FILE
     if record_file.exists():
-        old = read_json(record_file)
-        try:
-            changes = diff(Hparams.from_dict(old["hparams"]), hp)
-        except (KeyError, TypeError, LotteryError):
-            raise LotteryError(f"{record_file} is not a lottery_ticket experiment record") from None
-        if old.get("seed") != seed:
-            changes.append(f"seed: {old.get('seed')!r} -> {seed!r}")
+        old_hp, old_seed = read_experiment(exp_dir)
+        changes = diff(old_hp, hp)
+        if old_seed != seed:
+            changes.append(f"seed: {old_seed!r} -> {seed!r}")
         if changes:
             raise LotteryError(
                 f"{exp_dir} holds an experiment with different hyperparameters ({'; '.join(changes)}); "
@@ -229,8 +273,7 @@ class ControlSetup:
 
 def prepare_control(exp_dir: str, control: str, trial: int, level: int, run_index: int, ctx: Context) -> ControlSetup:
     """The network, masks and seeds of one control run for the ticket at (trial, level)."""
-    record = read_json(Path(exp_dir) / paths.EXPERIMENT_FILE)
-    hp, seed = Hparams.from_dict(record["hparams"]), record["seed"]
+    hp, seed = read_experiment(exp_dir)
     seeds = trial_seeds(seed, trial)
     ticket = paths.run_dir(exp_dir, trial, level)
     if not paths.is_complete(ticket):

@@ -276,11 +276,18 @@ def check_same_run(out: Path, record: dict) -> None:
     if not run_file.exists():
         return
     old = read_json(run_file)
-    if old.get("hparams") != record["hparams"] or old.get("run") != record["run"]:
-        from lottery_ticket.hparams import Hparams as H
-        from lottery_ticket.hparams import diff
+    from lottery_ticket.hparams import Hparams as H
+    from lottery_ticket.hparams import diff
 
-        changes = diff(H.from_dict(old["hparams"]), H.from_dict(record["hparams"]))
+    try:
+        if not isinstance(old, dict) or not isinstance(old.get("run"), dict):
+            raise LotteryError("it has no run identity")
+        old_hp = H.from_dict(old.get("hparams"))
+    except LotteryError as e:
+        raise LotteryError(f"{run_file} is not a valid lottery_ticket run record ({e}); "
+                           f"restore it, or delete {out} to train the run again") from None
+    if old["hparams"] != record["hparams"] or old["run"] != record["run"]:
+        changes = diff(old_hp, H.from_dict(record["hparams"]))
         changes += [f"run.{k}: {old.get('run', {}).get(k)!r} -> {v!r}" for k, v in record["run"].items()
                     if old.get("run", {}).get(k) != v]
         raise LotteryError(
