@@ -15,6 +15,7 @@ from pathlib import Path
 from lottery_ticket import paths
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import PRESETS, add_hparam_flags, hparams_from_args
+from lottery_ticket.registries import ChoicesHelp
 
 EXIT_USER_ERROR = 2
 
@@ -36,12 +37,23 @@ def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> N
                    help="torch threads per run for training (default: 1 for fully-connected models, "
                         "whose small steps are fastest on one thread; else cores / workers); "
                         "evaluation uses cores / workers")
+    g.add_argument("--callback", action="append", default=[], metavar="NAME",
+                   help=ChoicesHelp("an evaluation callback to run at every evaluation, writing NAME.csv in "
+                                    "each run directory (repeat for several; e.g. activations: per-ReLU "
+                                    "mean activation and fraction of zeros on the validation split)",
+                                    _callback_names))
     if parallel:
         g.add_argument("--batched", action="store_true",
                        help="train the runs (trials of a level, or control runs) as one batched computation "
                             "in one process: fully-connected models only; the big win is on a GPU")
         g.add_argument("--workers", type=int, default=None,
                        help="parallel worker processes (default: one per core, at most one per job)")
+
+
+def _callback_names() -> list[str]:
+    from lottery_ticket.callbacks import callback_names
+
+    return callback_names()
 
 
 def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
@@ -135,8 +147,13 @@ def _context(args):
 
     if args.checkpoint_seconds <= 0:
         raise LotteryError("--checkpoint-seconds must be > 0")
+    if args.callback:
+        from lottery_ticket.callbacks import resolve
+
+        resolve(args.callback)  # unknown names fail here, before anything is written
     return Context(data_root=args.data_root, device=args.device, quiet=args.quiet,
-                   checkpoint_seconds=args.checkpoint_seconds, fast=args.fast, download=args.download)
+                   checkpoint_seconds=args.checkpoint_seconds, fast=args.fast, download=args.download,
+                   callbacks=tuple(dict.fromkeys(args.callback)))
 
 
 def _check_device(device: str) -> None:
@@ -181,7 +198,13 @@ def _with_eval_threads(ctx, workers: int):
 
 def cmd_train(args) -> None:
     from lottery_ticket.masking import load_masks
-    from lottery_ticket.runner import default_threads, load_splits, new_model, trial_seeds
+    from lottery_ticket.runner import (
+        callbacks,
+        default_threads,
+        load_splits,
+        new_model,
+        trial_seeds,
+    )
     from lottery_ticket.store import load_tensors
     from lottery_ticket.trainer import threads, train
 
@@ -200,7 +223,7 @@ def cmd_train(args) -> None:
             run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
                       "masks": args.masks, "presets": args.presets},
             device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
+            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval, callbacks=callbacks(ctx),
         )
     if not args.quiet:
         last = {split: (loss, acc) for _, split, loss, acc in result.metrics}

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.registries import ChoicesHelp
 
 
 @dataclass(frozen=True)
 class DatasetHparams:
-    dataset: str = field(default="mnist", metadata={"help": "mnist | fashion_mnist | cifar10"})
+    dataset: str = field(
+        default="mnist", metadata={"help": "a registered dataset", "choices": lambda: dataset_names()}
+    )
     batch_size: int = field(default=60, metadata={"help": "training minibatch size"})
     validation_size: int = field(
         default=5000, metadata={"help": "training examples held out for validation"}
@@ -75,7 +78,11 @@ class TrainingHparams:
 @dataclass(frozen=True)
 class PruningHparams:
     strategy: str = field(
-        default="layerwise", metadata={"help": "layerwise (per-layer rates) | global (one threshold)"}
+        default="layerwise",
+        metadata={
+            "help": "a registered pruning strategy: layerwise (per-layer rates), global (one threshold), ...",
+            "choices": lambda: strategy_names(),
+        },
     )
     fc_fraction: float = field(
         default=0.2, metadata={"help": "layerwise: fraction of remaining fully-connected weights pruned per level"}
@@ -243,6 +250,8 @@ def add_hparam_flags(parser: argparse.ArgumentParser, sections=("dataset", "mode
         for f in fields(SECTIONS[section]):
             shown = getattr(getattr(paper, section), f.name)
             help_text = f"{f.metadata.get('help', '')} (paper: {shown!r})"
+            if "choices" in f.metadata:
+                help_text = ChoicesHelp(help_text, f.metadata["choices"])
             dest = f"hp__{section}__{f.name}"
             if f.type in ("bool", bool):
                 group.add_argument(
@@ -255,6 +264,18 @@ def add_hparam_flags(parser: argparse.ArgumentParser, sections=("dataset", "mode
                     flag_name(f.name), dest=dest, type=kind, default=argparse.SUPPRESS,
                     metavar=kind.__name__.upper(), help=help_text,
                 )
+
+
+def dataset_names() -> list[str]:
+    from lottery_ticket.data.registry import DATASETS
+
+    return DATASETS.names()
+
+
+def strategy_names() -> list[str]:
+    from lottery_ticket.strategies import strategy_names as names
+
+    return names()
 
 
 def hparams_from_args(args: argparse.Namespace) -> Hparams:
@@ -273,8 +294,9 @@ def hparams_from_args(args: argparse.Namespace) -> Hparams:
 def validate(hp: Hparams) -> None:
     """Reject impossible settings with one clear message."""
     d, t, p = hp.dataset, hp.training, hp.pruning
-    if d.dataset not in ("mnist", "fashion_mnist", "cifar10"):
-        raise LotteryError(f"unknown dataset {d.dataset!r}; choose mnist, fashion_mnist or cifar10")
+    from lottery_ticket.data.registry import DATASETS
+
+    dataset = DATASETS.get(d.dataset)  # an unknown name: the error lists the registered datasets
     if d.normalization not in ("standard", "l2", "none"):
         raise LotteryError(f"unknown normalization {d.normalization!r}; choose standard, l2 or none")
     if d.batch_size < 1:
@@ -282,9 +304,7 @@ def validate(hp: Hparams) -> None:
     if d.validation_size < 0:
         raise LotteryError(f"--validation-size must be >= 0, got {d.validation_size}")
     # checked here, before anything is written, not first when the dataset is loaded or trained on
-    from lottery_ticket.data.datasets import TRAIN_SIZES
-
-    images = TRAIN_SIZES[d.dataset]
+    images = dataset.train_size
     if d.validation_size >= images:
         raise LotteryError(
             f"--validation-size must be less than the {images} {d.dataset} training images, got {d.validation_size}"
@@ -308,8 +328,8 @@ def validate(hp: Hparams) -> None:
     if t.epochs == 0 and t.rewind_iteration > t.iterations:
         raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {t.iterations} training iterations")
     milestones(t)
-    if p.strategy not in ("layerwise", "global"):
-        raise LotteryError(f"unknown pruning strategy {p.strategy!r}; choose layerwise or global")
+    if p.strategy not in strategy_names():
+        raise LotteryError(f"unknown pruning strategy {p.strategy!r}; choose from {', '.join(strategy_names())}")
     for name in ("fc_fraction", "conv_fraction", "output_fraction", "global_fraction"):
         value = getattr(p, name)
         if not 0.0 <= value < 1.0:
