@@ -247,8 +247,8 @@ def train_batched(
     if callbacks:
         from lottery_ticket.callbacks import Recorder
 
-        device_splits = splits.to(device)
-        recorders = [Recorder(callbacks, device_splits) for _ in range(k)]
+        recorders = [Recorder(callbacks, splits, device)]
+        recorders += [Recorder(callbacks, recorders[0].splits, device) for _ in range(k - 1)]
 
     def log_evaluation(iteration: int, window: int) -> None:
         stacked.copy_into(models)

@@ -335,7 +335,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     if callbacks:
         from lottery_ticket.callbacks import Recorder
 
-        recorder = Recorder(callbacks, splits.to(device))
+        recorder = Recorder(callbacks, splits, device)
     if out is not None:
         if has_checkpoint(checkpoint_dir):
             start, extra, loop_buffers = load_checkpoint(checkpoint_dir, model, optimizer)

@@ -53,9 +53,9 @@ def resolve(names: Sequence[str]) -> dict[str, Callable]:
 class Recorder:
     """Calls the callbacks at an evaluation and keeps their rows (used by the training loops)."""
 
-    def __init__(self, callbacks: dict[str, Callable], splits):
+    def __init__(self, callbacks: dict[str, Callable], splits, device: torch.device | str = "cpu"):
         self.callbacks = callbacks
-        self.splits = splits
+        self.splits = _on_device(splits, torch.device(device))
         self.rows: dict[str, list[dict]] = {name: [] for name in callbacks}
 
     def __call__(self, model: torch.nn.Module, iteration: int) -> None:
@@ -79,6 +79,15 @@ class Recorder:
 
     def write(self, out: str | Path) -> None:
         write_rows(out, self.rows)
+
+
+def _on_device(splits, device: torch.device):
+    """`splits` itself if its tensors are on `device` already (no copy), else a copy there."""
+    from lottery_ticket.data.datasets import Splits
+
+    if all(getattr(splits, name).device == device for name in Splits.TENSORS):
+        return splits
+    return splits.to(device)
 
 
 def write_rows(out: str | Path, rows: dict[str, list[dict]]) -> None:
