@@ -198,13 +198,8 @@ def _with_eval_threads(ctx, workers: int):
 
 def cmd_train(args) -> None:
     from lottery_ticket.masking import load_masks
-    from lottery_ticket.runner import (
-        callbacks,
-        default_threads,
-        load_splits,
-        new_model,
-        trial_seeds,
-    )
+    from lottery_ticket.runner import callbacks as run_callbacks
+    from lottery_ticket.runner import default_threads, load_splits, new_model, trial_seeds
     from lottery_ticket.store import load_tensors
     from lottery_ticket.trainer import threads, train
 
@@ -223,7 +218,7 @@ def cmd_train(args) -> None:
             run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
                       "masks": args.masks, "presets": args.presets},
             device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval, callbacks=callbacks(ctx),
+            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval, callbacks=run_callbacks(ctx),
         )
     if not args.quiet:
         last = {split: (loss, acc) for _, split, loss, acc in result.metrics}
