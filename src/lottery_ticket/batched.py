@@ -177,6 +177,7 @@ def train_batched(
     checkpoint_seconds: float = 10.0,
     identity: dict | None = None,
     stop_after: int | None = None,
+    callbacks: dict | None = None,
 ) -> list[TrainResult]:
     """Train `models[k]` with `masks[k]` on the data order of `order_seeds[k]`, all at once.
 
@@ -191,6 +192,7 @@ def train_batched(
     and a later call with the same networks resumes from it, bit for bit on the CPU. `identity`
     (JSON-able) names those networks; a checkpoint saved under another identity is refused.
     `stop_after` ends training early at that iteration, leaving a checkpoint (for tests).
+    `callbacks` run at every evaluation for each network, as in `train`.
     """
     from lottery_ticket.data.order import TrainingOrder
 
@@ -242,6 +244,12 @@ def train_batched(
     index = torch.empty(k * batch_size, dtype=torch.int64, device=device)
     y = torch.empty(k * batch_size, dtype=train_y.dtype, device=device)
     rows: list[list[tuple[int, str, float, float]]] = [[] for _ in range(k)]
+    recorders = []  # evaluation callbacks, one recorder per network (called at evaluations only)
+    if callbacks:
+        from lottery_ticket.callbacks import Recorder
+
+        recorders = [Recorder(callbacks, splits, device)]
+        recorders += [Recorder(callbacks, recorders[0].splits, device) for _ in range(k - 1)]
 
     def log_evaluation(iteration: int, window: int) -> None:
         stacked.copy_into(models)
@@ -267,13 +275,17 @@ def train_batched(
                 rows[n].append((iteration, split, loss, accuracy))
             if iteration == total:
                 rows[n].append((iteration, "train", *evaluate(model, train_x, train_y)))
+            if recorders:
+                recorders[n](model, iteration)
 
     def save(iteration: int, window: int) -> None:
         buffers = {"window_loss": window_loss, "window_correct": window_correct}
         if t.rewind_iteration > 0 and rewind[0] is not None:
             buffers.update({f"rewind/{n}/{name}": v for n, state in enumerate(rewind) for name, v in state.items()})
-        save_checkpoint(checkpoint_dir, stacked, optimizer, iteration,
-                        {"identity": identity, "rows": rows, "window": window}, buffers)
+        extra = {"identity": identity, "rows": rows, "window": window}
+        if recorders:
+            extra["callbacks"] = [recorder.state() for recorder in recorders]
+        save_checkpoint(checkpoint_dir, stacked, optimizer, iteration, extra, buffers)
 
     iteration, window = start_iteration, 0
     if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
@@ -282,6 +294,8 @@ def train_batched(
             raise LotteryError(f"the checkpoint in {checkpoint_dir} belongs to other runs; delete it to start over")
         rows = [[tuple(row) for row in network_rows] for network_rows in extra["rows"]]
         window = extra["window"]
+        for recorder, state in zip(recorders, extra.get("callbacks", []), strict=False):
+            recorder.load(state)
         window_loss.copy_(buffers["window_loss"])
         window_correct.copy_(buffers["window_correct"])
         if t.rewind_iteration > 0 and iteration >= t.rewind_iteration:
@@ -324,7 +338,8 @@ def train_batched(
         raise procs.Stopped(procs.stop_signal())
     stacked.copy_into(models)
     return [
-        TrainResult(initial[n], state_dict_copy(models[n]), rewind[n], rows[n], resumed_from)
+        TrainResult(initial[n], state_dict_copy(models[n]), rewind[n], rows[n], resumed_from,
+                    recorders[n].state() if recorders else {})
         for n in range(k)
     ]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from lottery_ticket import paths
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import INT_MAX, PRESETS, add_hparam_flags, hparams_from_args
+from lottery_ticket.registries import ChoicesHelp
 
 EXIT_USER_ERROR = 2
 MAX_COUNT = 10_000  # trials, runs per level, levels: more is a typo (job lists are built up front)
@@ -59,12 +60,23 @@ def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> N
                    help="torch threads per run for training (default: 1 for fully-connected models, "
                         "whose small steps are fastest on one thread; else cores / workers); "
                         "evaluation uses cores / workers")
+    g.add_argument("--callback", action="append", default=[], metavar="NAME",
+                   help=ChoicesHelp("an evaluation callback to run at every evaluation, writing NAME.csv in "
+                                    "each run directory (repeat for several; e.g. activations: per-ReLU "
+                                    "mean activation and fraction of zeros on the validation split)",
+                                    _callback_names))
     if parallel:
         g.add_argument("--batched", action="store_true",
                        help="train the runs (trials of a level, or control runs) as one batched computation "
                             "in one process: fully-connected models only; the big win is on a GPU")
         g.add_argument("--workers", type=int, default=None,
                        help="parallel worker processes (default: one per core, at most one per job)")
+
+
+def _callback_names() -> list[str]:
+    from lottery_ticket.callbacks import callback_names
+
+    return callback_names()
 
 
 def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
@@ -181,8 +193,13 @@ def parse_levels(text: str) -> list[int]:
 def _context(args):
     from lottery_ticket.runner import Context
 
+    if args.callback:
+        from lottery_ticket.callbacks import resolve
+
+        resolve(args.callback)  # unknown names fail here, before anything is written
     return Context(data_root=args.data_root, device=args.device, quiet=args.quiet,
-                   checkpoint_seconds=args.checkpoint_seconds, fast=args.fast, download=args.download)
+                   checkpoint_seconds=args.checkpoint_seconds, fast=args.fast, download=args.download,
+                   callbacks=tuple(dict.fromkeys(args.callback)))
 
 
 def _check_device(device: str) -> None:
@@ -243,11 +260,16 @@ def _check_train_output_dir(directory: str, force: bool) -> None:
 
 def cmd_train(args) -> None:
     from lottery_ticket.masking import load_masks
-    from lottery_ticket.runner import default_threads, load_splits, new_model, trial_seeds
+    from lottery_ticket.runner import callbacks as run_callbacks
+    from lottery_ticket.runner import (
+        check_model,
+        default_threads,
+        load_splits,
+        new_model,
+        trial_seeds,
+    )
     from lottery_ticket.store import load_tensors
     from lottery_ticket.trainer import threads, train
-
-    from lottery_ticket.runner import check_model
 
     hp = hparams_from_args(args)
     check_model(hp)
@@ -266,7 +288,7 @@ def cmd_train(args) -> None:
             run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
                       "masks": args.masks, "presets": args.presets},
             device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
+            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval, callbacks=run_callbacks(ctx),
         )
     if not args.quiet:
         last = {split: (loss, acc) for _, split, loss, acc in result.metrics}
@@ -307,7 +329,13 @@ def cmd_lottery(args) -> None:
 
 
 def cmd_reinit(args) -> None:
-    from lottery_ticket.runner import check_model, control_jobs, control_run, read_experiment, run_jobs
+    from lottery_ticket.runner import (
+        check_model,
+        control_jobs,
+        control_run,
+        read_experiment,
+        run_jobs,
+    )
 
     ctx = _context(args)
     _check_device(ctx.device)

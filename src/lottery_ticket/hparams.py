@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.registries import ChoicesHelp
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
 INITIALIZERS = ("glorot_normal", "glorot_uniform", "kaiming_normal", "kaiming_uniform")  # = models.init's
 INT_MAX = 2**63 - 1  # every integer hyperparameter fits 64 bits: torch seeds and iteration counters
 
@@ -71,9 +71,16 @@ class _Section:
                     raise LotteryError(problem)
             elif not isinstance(value, kind):
                 raise LotteryError(f"{flag} must be {'true or false' if kind is bool else 'a string'}, got {value!r}")
-            if "choices" in f.metadata and value not in f.metadata["choices"]:
+            choices = _choices(f)
+            if choices is not None and value not in choices:
                 raise LotteryError(f"unknown {f.name.replace('_', ' ')} {value!r}: {flag} must be one of "
-                                  f"{', '.join(f.metadata['choices'])}")
+                                  f"{', '.join(choices)}")
+
+
+def _choices(f) -> list[str] | tuple[str, ...] | None:
+    """A string field's allowed values: a tuple, or a function naming a registry's entries."""
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
 
 
 def _kind(f) -> type:
@@ -83,7 +90,7 @@ def _kind(f) -> type:
 
 @dataclass(frozen=True)
 class DatasetHparams(_Section):
-    dataset: str = field(default="mnist", metadata={"help": "mnist | fashion_mnist | cifar10", "choices": DATASETS})
+    dataset: str = field(default="mnist", metadata={"help": "a registered dataset", "choices": lambda: dataset_names()})
     batch_size: int = field(default=60, metadata={"help": "training minibatch size", "range": Range(1)})
     validation_size: int = field(
         default=5000, metadata={"help": "training examples held out for validation", "range": Range(0)}
@@ -140,7 +147,11 @@ class TrainingHparams(_Section):
 @dataclass(frozen=True)
 class PruningHparams(_Section):
     strategy: str = field(
-        default="layerwise", metadata={"help": "layerwise (per-layer rates) | global (one threshold)", "choices": ("layerwise", "global")}
+        default="layerwise",
+        metadata={
+            "help": "a registered pruning strategy: layerwise (per-layer rates), global (one threshold), ...",
+            "choices": lambda: strategy_names(),
+        },
     )
     fc_fraction: float = field(
         default=0.2, metadata={"help": "layerwise: fraction of remaining fully-connected weights pruned per level", "range": Range(0, 1)}
@@ -325,6 +336,8 @@ def add_hparam_flags(parser: argparse.ArgumentParser, sections=("dataset", "mode
             shown = getattr(getattr(paper, section), f.name)
             allowed = f.metadata["range"].text(_kind(f)) if "range" in f.metadata else None
             help_text = f"{f.metadata.get('help', '')} (paper: {shown!r}{'; allowed: ' + allowed if allowed else ''})"
+            if callable(f.metadata.get("choices")):  # a registry: its names, looked up when printed
+                help_text = ChoicesHelp(help_text, f.metadata["choices"])
             dest = f"hp__{section}__{f.name}"
             if f.type in ("bool", bool):
                 group.add_argument(
@@ -337,6 +350,18 @@ def add_hparam_flags(parser: argparse.ArgumentParser, sections=("dataset", "mode
                     flag_name(f.name), dest=dest, type=kind, default=argparse.SUPPRESS,
                     metavar=kind.__name__.upper(), help=help_text,
                 )
+
+
+def dataset_names() -> list[str]:
+    from lottery_ticket.data.registry import DATASETS
+
+    return DATASETS.names()
+
+
+def strategy_names() -> list[str]:
+    from lottery_ticket.strategies import strategy_names as names
+
+    return names()
 
 
 def hparams_from_args(args: argparse.Namespace) -> Hparams:
@@ -358,10 +383,11 @@ def validate(hp: Hparams) -> None:
     for section in SECTIONS:
         getattr(hp, section).validate()
     d, t = hp.dataset, hp.training
-    # checked here, before anything is written, not first when the dataset is loaded or trained on
-    from lottery_ticket.data.datasets import TRAIN_SIZES
+    from lottery_ticket.data.registry import DATASETS
 
-    images = TRAIN_SIZES[d.dataset]
+    dataset = DATASETS.get(d.dataset)
+    # checked here, before anything is written, not first when the dataset is loaded or trained on
+    images = dataset.train_size
     if d.validation_size >= images:
         raise LotteryError(
             f"--validation-size must be less than the {images} {d.dataset} training images, got {d.validation_size}"

@@ -24,10 +24,9 @@ from lottery_ticket import checkpoint, paths, procs
 from lottery_ticket.controls import CONTROLS, control_init
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.experiment import experiment
-from lottery_ticket.hparams import INT_MAX, Hparams, diff, never_prune
+from lottery_ticket.hparams import INT_MAX, Hparams, diff
 from lottery_ticket.lock import RunLock
-from lottery_ticket.masking import apply_presets, layer_kinds
-from lottery_ticket.pruning import layer_fractions, prune_global, prune_layerwise
+from lottery_ticket.masking import apply_presets
 from lottery_ticket.store import load_tensors, read_json, verify_run, write_json
 from lottery_ticket.trainer import (
     check_same_run,
@@ -70,6 +69,7 @@ class Context:
     download: bool = True  # fetch missing dataset files from the public mirrors
     eval_threads: int | None = None  # torch threads while evaluating (None: the training threads)
     background_eval: bool = False  # evaluate in a second thread while training goes on (a spare core)
+    callbacks: tuple[str, ...] = ()  # registered evaluation callbacks run in every training run
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -126,37 +126,35 @@ def new_model(hp: Hparams, splits, seed: int, presets: dict | None = None) -> to
     return model
 
 
-def pruner(hp: Hparams, model: torch.nn.Module):
-    """prune_masks(masks, final_weights) for these hyperparameters."""
-    p = hp.pruning
-    if p.strategy == "global":
-        from lottery_ticket.masking import prunable_names
+def pruner(hp: Hparams, model: torch.nn.Module, splits=None):
+    """prune_masks(masks, final_weights): the registered strategy `hp.pruning.strategy` (see
+    `lottery_ticket.strategies`), with `model` as the architecture and `splits` as its data."""
+    from lottery_ticket.strategies import pruner as strategy_pruner
 
-        unknown = set(never_prune(p)) - set(prunable_names(model))
-        if unknown:
-            raise LotteryError(f"--never-prune names unknown tensors {sorted(unknown)}; "
-                               f"prunable: {sorted(prunable_names(model))}")
-        return lambda masks, weights: prune_global(masks, weights, p.global_fraction, never_prune(p))
-    fractions = layer_fractions(layer_kinds(model), p.fc_fraction, p.conv_fraction, p.output_fraction)
-    for name in never_prune(p):
-        if name not in fractions:
-            raise LotteryError(f"--never-prune names unknown tensor {name!r}; prunable: {sorted(fractions)}")
-        fractions[name] = 0.0
-    return lambda masks, weights: prune_layerwise(masks, weights, fractions)
+    return strategy_pruner(hp, model, splits)
 
 
-INPUT_SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-NUM_CLASSES = 10  # every dataset here
+def callbacks(ctx: Context) -> dict:
+    """The evaluation callbacks of `ctx` by name (see `lottery_ticket.callbacks`)."""
+    if not ctx.callbacks:
+        return {}
+    from lottery_ticket.callbacks import resolve
+
+    return resolve(ctx.callbacks)
+
+
 
 
 def check_model(hp: Hparams, batched: bool = False, trials: int | None = None) -> None:
     """What depends on the network, checked before anything is written or loaded: build it
     (model name, --init, --dropout), the pruner (--never-prune names) and, with `batched`, what
     batched training supports (`trials`: how many trials share the labels; None: any number)."""
+    from lottery_ticket.data.registry import DATASETS
     from lottery_ticket.models import build_model
     from lottery_ticket.models.fc import is_fully_connected
 
-    model = build_model(hp.model.model, seed=0, num_classes=NUM_CLASSES, input_shape=INPUT_SHAPES[hp.dataset.dataset],
+    dataset = DATASETS.get(hp.dataset.dataset)
+    model = build_model(hp.model.model, seed=0, num_classes=dataset.num_classes, input_shape=dataset.input_shape,
                         init=hp.model.init, dropout=hp.model.dropout)
     pruner(hp, model)
     if batched:
@@ -249,12 +247,12 @@ def lottery_trial(exp_dir: str, hp_dict: dict, seed: int, trial: int, levels: in
             run_info={"trial": trial, "level": level, "control": "main", "run_index": 0, "seeds": seeds},
             device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
             eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
-            start_iteration=rewind if level > 0 else 0,
+            start_iteration=rewind if level > 0 else 0, callbacks=callbacks(ctx),
         )
         report_run(out, result, started, ctx)
         return result.rewind, result.final
 
-    prune_masks = pruner(hp, make_model(None))
+    prune_masks = pruner(hp, make_model(None), splits)
     experiment(make_dataset, make_model, train_model, prune_masks, levels)
 
 
@@ -304,7 +302,7 @@ def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: i
     result = train(
         c.model, c.splits, c.hp, order_seed=c.order_seed, masks=c.masks, output_dir=c.out, run_info=c.run_info,
         device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
+            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval, callbacks=callbacks(ctx),
     )
     report_run(c.out, result, started, ctx)
 
@@ -334,7 +332,8 @@ def train_runs_batched(exp_dir: str | Path, runs: list[tuple], splits, hp: Hpara
     total = total_iterations(hp.training, len(splits.train_y), hp.dataset.batch_size)
     with batched_checkpoint(exp_dir, identity, ctx) as resumable:
         results = train_batched([r[2] for r in runs], splits, hp, [r[4] for r in runs], [r[3] for r in runs],
-                                ctx.device, start_iteration=start_iteration, **resumable)
+                                ctx.device, start_iteration=start_iteration, callbacks=callbacks(ctx),
+                                **resumable)
         for (out, record, _, masks, _), result in zip(runs, results, strict=True):
             write_run(out, record, masks, result, total)
             report_run(out, result, started, ctx)
@@ -374,7 +373,7 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
     seeds = {t: trial_seeds(seed, t) for t in trials}
     splits = load_splits(hp, ctx, None)
     template = new_model(hp, splits, 0)  # the architecture: layer kinds, all-ones masks
-    prune_masks = pruner(hp, template)
+    prune_masks = pruner(hp, template, splits)
     masks, reset, final = {}, {}, {}
 
     def keep(t: int, level: int, result) -> None:

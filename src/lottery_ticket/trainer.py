@@ -64,6 +64,7 @@ class TrainResult:
     rewind: dict[str, torch.Tensor] | None
     metrics: list[tuple[int, str, float, float]] = field(default_factory=list)
     resumed_from: int = 0  # iteration the run continued from (0 if it started fresh)
+    callback_rows: dict[str, list[dict]] = field(default_factory=dict)  # rows of each evaluation callback
 
 
 def versions() -> dict[str, str]:
@@ -231,6 +232,7 @@ def train(
     start_iteration: int = 0,
     eval_threads: int | None = None,
     background_eval: bool = False,
+    callbacks: dict[str, Callable] | None = None,
 ) -> TrainResult:
     """Train `model` (already initialized/preset) with `masks` and return its weights and metrics.
 
@@ -241,7 +243,8 @@ def train(
     `eval_threads` (CPU): torch threads for evaluation, whose large matrix products use more
     cores well, while small training steps are fastest on one thread. `background_eval` (CPU):
     evaluate a snapshot of the weights in a second thread while training goes on (same rows,
-    same values; for a run that has a spare core).
+    same values; for a run that has a spare core). `callbacks` ({name: callback}, see
+    `lottery_ticket.callbacks`) run at every evaluation; their rows go to `<name>.csv` in the run.
     """
     out = Path(output_dir) if output_dir is not None else None
     record = run_record(hp, run_info or {})
@@ -258,7 +261,7 @@ def train(
     try:
         return _train(model, splits, hp, order_seed, masks, out, record, torch.device(device), quiet,
                       checkpoint_seconds, fast, stop_after, start_iteration, eval_threads,
-                      background_eval)
+                      background_eval, callbacks)
     finally:
         if lock is not None:
             lock.release()
@@ -312,7 +315,7 @@ def load_result(out: str | Path) -> TrainResult:
 
 
 def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, checkpoint_seconds, fast, stop_after,
-           start_iteration, eval_threads, background_eval):
+           start_iteration, eval_threads, background_eval, callbacks=None):
     from lottery_ticket.data.order import TrainingOrder
 
     t = hp.training
@@ -342,10 +345,17 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     if not 0 <= start_iteration < total:
         raise LotteryError(f"start iteration {start_iteration} must be in [0, {total})")
     checkpoint_dir = out / paths.CHECKPOINT if out is not None else None
+    recorder = None  # evaluation callbacks: called at evaluations only, never per step
+    if callbacks:
+        from lottery_ticket.callbacks import Recorder
+
+        recorder = Recorder(callbacks, splits, device)
     if out is not None:
         if has_checkpoint(checkpoint_dir):
             start, extra, loop_buffers = load_checkpoint(checkpoint_dir, model, optimizer)
             rows = [tuple(r) for r in extra["metrics"]]
+            if recorder is not None:
+                recorder.load(extra.get("callbacks", {}))
             initial = load_tensors(out / paths.INITIAL)
             if t.rewind_iteration > 0 and (out / paths.REWIND).exists():
                 rewind = load_tensors(out / paths.REWIND)
@@ -375,6 +385,9 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             head.append((iteration, "train_batch", losses.double().mean().item(),
                          window_correct[:window].sum().item() / (window * batch_size)))
         done = finished_evaluations()
+        if recorder is not None:
+            with threads(eval_threads):
+                recorder(model, iteration)
         if background is not None and first < iteration < total:
             snapshot.load_state_dict(model.state_dict())
             pending.append(background.submit(evaluations, snapshot, iteration, head))
@@ -417,9 +430,12 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
         if out is None:
             return
         log_rows(finished_evaluations())
-        save_checkpoint(checkpoint_dir, model, optimizer, iteration, {"metrics": rows},
+        extra = {"metrics": rows} if recorder is None else {"metrics": rows, "callbacks": recorder.state()}
+        save_checkpoint(checkpoint_dir, model, optimizer, iteration, extra,
                         {"window_loss": window_loss, "window_correct": window_correct})
         write_text_atomic(out / paths.METRICS, metrics_csv(rows))
+        if recorder is not None:
+            recorder.write(out)
         if tensorboard.writer is not None:
             tensorboard.writer.flush()
 
@@ -483,6 +499,8 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             where = f"last good checkpoint in {checkpoint_dir}"
         if out is not None:
             write_text_atomic(out / paths.METRICS, metrics_csv(rows))
+            if recorder is not None:
+                recorder.write(out)
         raise TrainingDiverged(
             f"training loss became NaN or infinite at iteration {d.iteration}; "
             f"metrics up to iteration {rows[-1][0] if rows else 0} kept"
@@ -496,15 +514,18 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
         tensorboard.close()
 
     final = state_dict_copy(model)
+    callback_rows = recorder.state() if recorder is not None else {}
     if iteration < total:  # stopped early (stop_after, or a signal): leave a resumable state
         write_progress(iteration)
         if iteration < end:
             raise procs.Stopped(procs.stop_signal())
-        return TrainResult(initial, final, rewind, rows, start)
+        return TrainResult(initial, final, rewind, rows, start, callback_rows)
     if out is not None:
+        if recorder is not None:
+            recorder.write(out)  # before finish_run_files, which marks the run complete
         finish_run_files(out, rows, final, total)
     procs.progress("done", key, True)
-    return TrainResult(initial, final, rewind, rows, start)
+    return TrainResult(initial, final, rewind, rows, start, callback_rows)
 
 
 def start_run_files(out: Path, record: dict, masks: Masks, initial: dict) -> None:
@@ -538,6 +559,10 @@ def write_run(out: str | Path, record: dict, masks: Masks, result: TrainResult, 
         board = _TensorBoard(out / paths.TENSORBOARD, purge_step=None)
         board.log(result.metrics)
         board.close()
+        if result.callback_rows:
+            from lottery_ticket.callbacks import write_rows
+
+            write_rows(out, result.callback_rows)
         finish_run_files(out, result.metrics, result.final, total)
 
 

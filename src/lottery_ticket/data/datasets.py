@@ -25,13 +25,12 @@ from pathlib import Path
 
 import torch
 
-from lottery_ticket.data.cifar import TEST_BATCH, TRAIN_BATCHES, read_cifar10
+from lottery_ticket.data.cifar import TEST_BATCH, TRAIN_BATCHES
 from lottery_ticket.data.download import download_file, extract_tar, file_sha256
 from lottery_ticket.data.idx import read_idx_gz
+from lottery_ticket.data.registry import DATASETS
 from lottery_ticket.errors import LotteryError
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
-TRAIN_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 NORMALIZATIONS = ("standard", "l2", "none")
 
 # Mirrors, tried in order. Tests and users with a local mirror pass `mirrors=` instead.
@@ -174,24 +173,20 @@ def load_dataset(
     mirrors: Sequence[str] | None = None,
     quiet: bool = False,
 ) -> Splits:
-    """Load `name` ("mnist", "fashion_mnist" or "cifar10") from `root` (see resolve_data_root),
-    downloading missing files if `download`, and split/normalize it (see make_splits).
-    `mirrors` overrides MIRRORS[name]; `quiet` silences the download progress lines."""
-    if name not in DATASETS:
-        raise LotteryError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    """Load the registered dataset `name` (see `data/registry.py`; built in: mnist, fashion_mnist,
+    cifar10) from `root` (see resolve_data_root), downloading missing files if `download`, and
+    split/normalize it (see make_splits). `mirrors` overrides the dataset's own; `quiet` silences
+    the download progress lines."""
+    entry = DATASETS.get(name)
     _check_options(normalization)
-    _check_validation_size(validation_size, TRAIN_SIZES[name])  # before any download
+    _check_validation_size(validation_size, entry.train_size)  # before any download
     root = resolve_data_root(root)
-    mirrors = tuple(MIRRORS[name] if mirrors is None else mirrors)
-    if name == "cifar10":
-        directory = ensure_cifar10(root, download=download, mirrors=mirrors, quiet=quiet)
-        raw = read_cifar10(directory)
-    else:
-        raw = _read_idx_dataset(name, root, download=download, mirrors=mirrors, quiet=quiet)
+    mirrors = tuple(entry.mirrors if mirrors is None else mirrors)
+    raw = entry.read(root, download=download, mirrors=mirrors, quiet=quiet)
     return make_splits(
         name,
         *raw,
-        num_classes=10,
+        num_classes=entry.num_classes,
         validation_size=validation_size,
         split_seed=split_seed,
         normalization=normalization,
@@ -305,7 +300,7 @@ def _check_options(normalization: str) -> None:
         )
 
 
-def _read_idx_dataset(name, root: Path, *, download, mirrors, quiet):
+def read_idx_dataset(name, root: Path, *, download, mirrors, quiet):
     """MNIST or Fashion-MNIST as (train_x, train_y, test_x, test_y), uint8 images [N, 1, 28, 28]."""
     files = MNIST_FILES if name == "mnist" else FASHION_MNIST_FILES
     directory = root / name
