@@ -181,7 +181,7 @@ def _with_eval_threads(ctx, workers: int):
 
 def cmd_train(args) -> None:
     from lottery_ticket.masking import load_masks
-    from lottery_ticket.runner import default_threads, load_splits, new_model, trial_seeds
+    from lottery_ticket.runner import default_threads, load_splits, new_model, run_seeds
     from lottery_ticket.store import load_tensors
     from lottery_ticket.trainer import threads, train
 
@@ -189,7 +189,7 @@ def cmd_train(args) -> None:
     ctx = _with_eval_threads(_context(args), 1)
     train_threads = _threads(args, default_threads(1, hp.model.model))
     _check_device(ctx.device)
-    seeds = trial_seeds(args.seed, args.trial)
+    seeds = run_seeds(hp, args.seed, args.trial, level=0)  # level 0 of `lth lottery` with the same seed and trial
     splits = load_splits(hp, ctx, seeds["labels"])
     presets = load_tensors(args.presets) if args.presets else None
     model = new_model(hp, splits, seeds["model"], presets)

@@ -32,7 +32,15 @@ class DatasetHparams:
         default=False, metadata={"help": "random 4-pixel crop and horizontal flip (images only)"}
     )
     permute_labels: bool = field(
-        default=False, metadata={"help": "randomly permute the training labels (seeded per trial)"}
+        default=False,
+        metadata={"help": "relabel the classes by one random permutation of the class ids (seeded per trial), "
+                          "the same for training, validation and test labels, as the original library's "
+                          "--permute_labels: still learnable"},
+    )
+    random_labels: bool = field(
+        default=False,
+        metadata={"help": "shuffle the training and validation labels across examples (seeded per trial; test "
+                          "labels stay true): random labels, a memorization experiment"},
     )
 
 
@@ -70,6 +78,12 @@ class TrainingHparams:
         default=0,
         metadata={"help": "late rewinding: reset to the level-0 weights at this iteration instead of 0"},
     )
+    same_order_per_trial: bool = field(
+        default=False,
+        metadata={"help": "one training data order for every level and control run of a trial (this "
+                          "library's behaviour before per-run orders); default: each run draws its own order, "
+                          "as the reference implementations do"},
+    )
 
 
 @dataclass(frozen=True)
@@ -106,11 +120,13 @@ class Hparams:
 
     @classmethod
     def from_dict(cls, d: dict[str, dict[str, Any]]) -> Hparams:
+        """The hyperparameters of a record (experiment.json, run.json), older records read as they ran
+        (see `_upgrade`)."""
         sections = {}
         for f in fields(cls):
             section_cls = f.default_factory
             known = {sf.name for sf in fields(section_cls)}
-            values = d.get(f.name, {})
+            values = _upgrade(f.name, d[f.name]) if f.name in d else {}
             unknown = set(values) - known
             if unknown:
                 raise LotteryError(f"unknown hyperparameters in section {f.name}: {sorted(unknown)}")
@@ -124,6 +140,25 @@ class Hparams:
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Hparams)}
+
+
+def _upgrade(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A recorded section written before a field's meaning changed, read as what it ran.
+
+    Records are complete (every field of their time), so a missing new field dates them:
+    * dataset without `random_labels`: `permute_labels` then meant shuffling labels across
+      examples, which is `random_labels` now;
+    * training without `same_order_per_trial`: every run of a trial then used one data order.
+    Such an experiment thus differs from today's defaults and is refused with the usual diff,
+    and resumes unchanged with `--same-order-per-trial` (and `--random-labels` where it had
+    `--permute-labels`)."""
+    values = dict(values)
+    if section == "dataset" and "random_labels" not in values:
+        values["random_labels"] = values.pop("permute_labels", False)
+        values["permute_labels"] = False
+    if section == "training" and "same_order_per_trial" not in values:
+        values["same_order_per_trial"] = True
+    return values
 
 
 # --------------------------------------------------------------------------- presets
@@ -281,6 +316,9 @@ def validate(hp: Hparams) -> None:
         raise LotteryError(f"--batch-size must be >= 1, got {d.batch_size}")
     if d.validation_size < 0:
         raise LotteryError(f"--validation-size must be >= 0, got {d.validation_size}")
+    if d.permute_labels and d.random_labels:
+        raise LotteryError("--permute-labels (relabelled classes) and --random-labels (shuffled labels) "
+                           "are different experiments; choose one")
     # checked here, before anything is written, not first when the dataset is loaded or trained on
     from lottery_ticket.data.datasets import TRAIN_SIZES
 

@@ -271,10 +271,11 @@ def check_same_run(out: Path, record: dict) -> None:
     if not run_file.exists():
         return
     old = read_json(run_file)
-    if old.get("hparams") != record["hparams"] or old.get("run") != record["run"]:
-        from lottery_ticket.hparams import Hparams as H
-        from lottery_ticket.hparams import diff
+    from lottery_ticket.hparams import Hparams as H
+    from lottery_ticket.hparams import diff
 
+    # compared as read (older records upgraded to what they ran, see hparams._upgrade)
+    if H.from_dict(old.get("hparams", {})).to_dict() != record["hparams"] or old.get("run") != record["run"]:
         changes = diff(H.from_dict(old["hparams"]), H.from_dict(record["hparams"]))
         changes += [f"run.{k}: {old.get('run', {}).get(k)!r} -> {v!r}" for k, v in record["run"].items()
                     if old.get("run", {}).get(k) != v]
