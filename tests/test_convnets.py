@@ -186,7 +186,7 @@ def test_late_rewinding_level0_saves_the_iteration_100_weights(rewinding):
     record = read_json(exp / paths.EXPERIMENT_FILE)
     hp = Hparams.from_dict(record["hparams"])
     assert hp.training.rewind_iteration == 100 and hp.model.model == "fc_100"
-    seeds = runner.trial_seeds(record["seed"], 0)
+    seeds = read_json(level0 / paths.RUN_FILE)["run"]["seeds"]  # this run's data order
     splits = runner.load_splits(hp, runner.Context(data_root=str(root)), seeds["labels"])
     again = train(runner.new_model(hp, splits, seeds["model"]), splits, hp, order_seed=seeds["order"],
                   stop_after=100)

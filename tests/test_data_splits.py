@@ -133,11 +133,11 @@ def test_unknown_normalization():
         load_dataset("mnist", "/nonexistent", normalization="zca", download=False)
 
 
-def test_label_permutation():
+def test_random_labels_shuffle_training_labels_across_examples():
     plain = splits(split_seed=1)
-    a = splits(split_seed=1, permute_labels_seed=7)
-    b = splits(split_seed=1, permute_labels_seed=7)
-    c = splits(split_seed=1, permute_labels_seed=8)
+    a = splits(split_seed=1, random_labels_seed=7)
+    b = splits(split_seed=1, random_labels_seed=7)
+    c = splits(split_seed=1, random_labels_seed=8)
     assert torch.equal(a.train_y, b.train_y) and torch.equal(a.validation_y, b.validation_y)
     assert not torch.equal(a.train_y, c.train_y)
     # images and the split are unchanged; only training labels move, as a permutation
@@ -151,6 +151,21 @@ def test_label_permutation():
     full_labels = torch.arange(N) % 10
     permuted = full_labels[torch.randperm(N, generator=torch.Generator().manual_seed(7))]
     assert a.train_y.tolist() == permuted[ids(a.train_x)].tolist()
+
+
+def test_permute_classes_relabels_train_validation_and_test_alike():
+    """The original library's --permute_labels: one permutation of the class ids for every split."""
+    plain = splits(split_seed=1)
+    a = splits(split_seed=1, permute_classes_seed=7)
+    assert torch.equal(splits(split_seed=1, permute_classes_seed=7).test_y, a.test_y)
+    assert not torch.equal(splits(split_seed=1, permute_classes_seed=8).test_y, a.test_y)
+    mapping = {}
+    for part in ("train", "validation", "test"):
+        assert torch.equal(getattr(a, f"{part}_x"), getattr(plain, f"{part}_x"))
+        for old, new in zip(getattr(plain, f"{part}_y").tolist(), getattr(a, f"{part}_y").tolist(), strict=True):
+            assert mapping.setdefault(old, new) == new
+    assert sorted(mapping) == sorted(mapping.values()) == list(range(10))
+    assert any(old != new for old, new in mapping.items())
 
 
 def test_splits_to_device():

@@ -266,7 +266,7 @@ def cmd_train(args) -> None:
         default_threads,
         load_splits,
         new_model,
-        trial_seeds,
+        run_seeds,
     )
     from lottery_ticket.store import load_tensors
     from lottery_ticket.trainer import threads, train
@@ -277,7 +277,7 @@ def cmd_train(args) -> None:
     train_threads = _threads(args, default_threads(1, hp.model.model))
     _check_device(ctx.device)
     _check_train_output_dir(args.output_dir, args.force)
-    seeds = trial_seeds(args.seed, args.trial)
+    seeds = run_seeds(hp, args.seed, args.trial, level=0)  # level 0 of `lth lottery` with the same seed and trial
     splits = load_splits(hp, ctx, seeds["labels"])
     presets = load_tensors(args.presets) if args.presets else None
     model = new_model(hp, splits, seeds["model"], presets)

@@ -1,15 +1,21 @@
 """Control experiments: is it the mask alone, or the mask together with the original initialization?
 
-Given a ticket's masks and the original (level-0) initial weights:
+Given a ticket's masks and the weights its retraining starts from (the level-0 initial weights, or
+with late rewinding the level-0 weights at the rewind iteration):
 
-* `reinit`: a fresh random initialization (the model's initializer with a new seed);
-* `reuse`: each prunable tensor's values sampled (with replacement) from the original initial
-  values of that tensor, i.e. from the original initial weight distribution;
-* `reuse_sign`: as `reuse`, but each weight keeps the sign of its original initial value;
-* `random`: the original initial weights with random masks keeping the same number of weights per
-  tensor (random pruning).
+* `reinit`: a fresh random initialization (the model's initializer with a new seed), Frankle &
+  Carbin (ICLR 2019) Section 2 ("randomly reinitialized");
+* `reuse`: each prunable tensor's values sampled (with replacement) from that tensor's *surviving*
+  starting values -- the ticket's unmasked original weights, not the pruned ones -- so the
+  ticket's own weight distribution per layer with the arrangement destroyed. This follows Frankle
+  & Carbin's appendix experiments (ICLR 2019, arXiv v5, LeNet appendix) that reinitialize a
+  winning ticket by sampling from the winning ticket's own initial weights of each layer;
+* `reuse_sign`: as `reuse`, but each weight keeps the sign of its original value (the same
+  appendix's sign-preserving variant: the magnitudes are resampled, the signs kept);
+* `random`: the starting weights with random masks keeping the same number of weights per
+  tensor (random pruning, Frankle & Carbin Section 2 / Figure 4).
 
-Non-prunable tensors (biases, batch norm) keep their original initial values, except in
+Non-prunable tensors (biases, batch norm) keep their original starting values, except in
 `reinit`, where everything is fresh.
 """
 
@@ -32,7 +38,8 @@ def control_init(
 ) -> tuple[dict[str, torch.Tensor], Masks]:
     """(initial state dict, masks) for one control run.
 
-    `original` is the level-0 initial state dict, `fresh` a newly initialized one (same
+    `original` is the state dict the ticket's retraining starts from (level-0 initial weights, or
+    the rewound weights under late rewinding), `fresh` a newly initialized one (same
     architecture, a seed of this control run), `masks` the ticket's masks at this level.
     """
     if control == "reinit":
@@ -44,11 +51,15 @@ def control_init(
     generator = torch.Generator().manual_seed(seed)
     weights = dict(original)
     for name in sorted(masks):
-        values = original[name].flatten()
-        picks = torch.randint(0, values.numel(), (values.numel(),), generator=generator)
-        sampled = values[picks].view_as(original[name])
+        start = original[name]
+        survivors = start[masks[name].to(torch.bool)]
+        if survivors.numel() == 0:  # a fully pruned tensor: nothing to sample, all masked anyway
+            weights[name] = torch.zeros_like(start)
+            continue
+        picks = torch.randint(0, survivors.numel(), (start.numel(),), generator=generator)
+        sampled = survivors[picks].view_as(start)
         if control == "reuse_sign":
-            sign = torch.where(original[name] < 0, -1.0, 1.0).to(sampled.dtype)
+            sign = torch.where(start < 0, -1.0, 1.0).to(sampled.dtype)
             sampled = sampled.abs() * sign
         weights[name] = sampled
     return weights, masks

@@ -104,7 +104,15 @@ class DatasetHparams(_Section):
         default=False, metadata={"help": "random 4-pixel crop and horizontal flip (images only)"}
     )
     permute_labels: bool = field(
-        default=False, metadata={"help": "randomly permute the training labels (seeded per trial)"}
+        default=False,
+        metadata={"help": "relabel the classes by one random permutation of the class ids (seeded per trial), "
+                          "the same for training, validation and test labels, as the original library's "
+                          "--permute_labels: still learnable"},
+    )
+    random_labels: bool = field(
+        default=False,
+        metadata={"help": "shuffle the training and validation labels across examples (seeded per trial; test "
+                          "labels stay true): random labels, a memorization experiment"},
     )
 
 
@@ -141,6 +149,12 @@ class TrainingHparams(_Section):
     rewind_iteration: int = field(
         default=0,
         metadata={"help": "late rewinding: reset to the level-0 weights at this iteration instead of 0", "range": Range(0)},
+    )
+    same_order_per_trial: bool = field(
+        default=False,
+        metadata={"help": "one training data order for every level and control run of a trial (this "
+                          "library's behaviour before per-run orders); default: each run draws its own order, "
+                          "as the reference implementations do"},
     )
 
 
@@ -182,7 +196,8 @@ class Hparams:
 
     @classmethod
     def from_dict(cls, d: dict[str, dict[str, Any]]) -> Hparams:
-        """The hyperparameters of `d` (e.g. read from experiment.json), checked like flags are."""
+        """The hyperparameters of `d` (e.g. read from experiment.json), checked like flags are;
+        older records read as they ran (see `_upgrade`)."""
         if not isinstance(d, dict):
             raise LotteryError(f"hyperparameters must be a JSON object of sections, got {type(d).__name__}")
         unknown = set(d) - set(SECTIONS)
@@ -195,6 +210,8 @@ class Hparams:
             values = d.get(f.name, {})
             if not isinstance(values, dict):
                 raise LotteryError(f"hyperparameter section {f.name} must be a JSON object, got {values!r}")
+            if f.name in d:
+                values = _upgrade(f.name, values)
             unknown = set(values) - set(kinds)
             if unknown:
                 raise LotteryError(f"unknown hyperparameters in section {f.name}: {sorted(unknown)}")
@@ -216,6 +233,25 @@ class Hparams:
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Hparams)}
+
+
+def _upgrade(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A recorded section written before a field's meaning changed, read as what it ran.
+
+    Records are complete (every field of their time), so a missing new field dates them:
+    * dataset without `random_labels`: `permute_labels` then meant shuffling labels across
+      examples, which is `random_labels` now;
+    * training without `same_order_per_trial`: every run of a trial then used one data order.
+    Such an experiment thus differs from today's defaults and is refused with the usual diff,
+    and resumes unchanged with `--same-order-per-trial` (and `--random-labels` where it had
+    `--permute-labels`)."""
+    values = dict(values)
+    if section == "dataset" and "random_labels" not in values:
+        values["random_labels"] = values.pop("permute_labels", False)
+        values["permute_labels"] = False
+    if section == "training" and "same_order_per_trial" not in values:
+        values["same_order_per_trial"] = True
+    return values
 
 
 # --------------------------------------------------------------------------- presets
@@ -383,6 +419,9 @@ def validate(hp: Hparams) -> None:
     for section in SECTIONS:
         getattr(hp, section).validate()
     d, t = hp.dataset, hp.training
+    if d.permute_labels and d.random_labels:
+        raise LotteryError("--permute-labels (relabelled classes) and --random-labels (shuffled labels) "
+                           "are different experiments; choose one")
     from lottery_ticket.data.registry import DATASETS
 
     dataset = DATASETS.get(d.dataset)

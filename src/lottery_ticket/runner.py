@@ -56,6 +56,25 @@ def trial_seeds(seed: int, trial: int) -> dict[str, int]:
     }
 
 
+def run_seeds(hp: Hparams, seed: int, trial: int, level: int, control: str = "main", run_index: int = 0) -> dict:
+    """The trial's seeds with "order" set to this run's data-order seed (recorded in run.json).
+
+    Each run draws its own order from (experiment seed, trial, level, control, run index), as the
+    reference implementations draw a fresh order per training run (google-research/lottery-ticket
+    shuffles with `train_order_seed=None`; open_lth's `data_order_seed` defaults to None, a new
+    random order each run). Derived, so it does not depend on workers, job order or --batched.
+    With --same-order-per-trial every run of a trial uses the trial's one order (the old way)."""
+    seeds = trial_seeds(seed, trial)
+    if not hp.training.same_order_per_trial:
+        seeds["order"] = derive_seed("order", seed, trial, level, control, run_index)
+    return seeds
+
+
+def per_trial_labels(hp: Hparams) -> bool:
+    """Whether every trial has its own labels (--permute-labels, --random-labels)."""
+    return hp.dataset.permute_labels or hp.dataset.random_labels
+
+
 @dataclass(frozen=True)
 class Context:
     """How to run (not what): where data is, which device, how chatty, checkpoint interval."""
@@ -81,7 +100,7 @@ _SHARED_DATASETS: dict = {}  # datasets a parent process handed to this worker i
 def _dataset_key(hp: Hparams, ctx: Context, labels_seed: int | None) -> tuple:
     d = hp.dataset
     return (d.dataset, ctx.data_root, d.validation_size, d.split_seed, d.normalization,
-            labels_seed if d.permute_labels else None)
+            labels_seed if d.permute_labels else None, labels_seed if d.random_labels else None)
 
 
 def load_splits(hp: Hparams, ctx: Context, labels_seed: int | None):
@@ -96,8 +115,8 @@ def load_splits(hp: Hparams, ctx: Context, labels_seed: int | None):
         _DATASETS.clear()
         _DATASETS[key] = load_dataset(
             d.dataset, ctx.data_root, validation_size=d.validation_size, split_seed=d.split_seed,
-            normalization=d.normalization, permute_labels_seed=key[-1], download=ctx.download,
-            quiet=ctx.quiet,
+            normalization=d.normalization, permute_classes_seed=key[-2], random_labels_seed=key[-1],
+            download=ctx.download, quiet=ctx.quiet,
         )
     return _DATASETS[key]
 
@@ -105,8 +124,9 @@ def load_splits(hp: Hparams, ctx: Context, labels_seed: int | None):
 def shared_datasets(hp: Hparams, ctx: Context) -> dict:
     """This process's copy of the dataset of `hp`, moved to shared memory, for `run_jobs` to hand
     to its workers: N workers then hold one copy of MNIST (~230 MB) between them, not N. Empty
-    with --permute-labels (every trial has its own labels) or on a GPU (workers move data there)."""
-    if hp.dataset.permute_labels or ctx.device != "cpu":
+    with --permute-labels or --random-labels (every trial has its own labels) or on a GPU (workers
+    move data there)."""
+    if per_trial_labels(hp) or ctx.device != "cpu":
         return {}
     splits = load_splits(hp, ctx, None)
     for name in splits.TENSORS:
@@ -242,9 +262,10 @@ def lottery_trial(exp_dir: str, hp_dict: dict, seed: int, trial: int, levels: in
     def train_model(level, dataset, model, masks):
         out = paths.run_dir(exp_dir, trial, level)
         started = time.time()
+        run = run_seeds(hp, seed, trial, level)
         result = train(
-            model, dataset, hp, order_seed=seeds["order"], masks=masks, output_dir=out,
-            run_info={"trial": trial, "level": level, "control": "main", "run_index": 0, "seeds": seeds},
+            model, dataset, hp, order_seed=run["order"], masks=masks, output_dir=out,
+            run_info={"trial": trial, "level": level, "control": "main", "run_index": 0, "seeds": run},
             device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
             eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
             start_iteration=rewind if level > 0 else 0, callbacks=callbacks(ctx),
@@ -267,31 +288,49 @@ class ControlSetup:
     order_seed: int
     out: Path
     run_info: dict
+    start_iteration: int = 0
 
 
 def prepare_control(exp_dir: str, control: str, trial: int, level: int, run_index: int, ctx: Context) -> ControlSetup:
-    """The network, masks and seeds of one control run for the ticket at (trial, level)."""
+    """The network, masks and seeds of one control run for the ticket at (trial, level).
+
+    A control starts where the ticket's retraining starts. With late rewinding
+    (`--rewind-iteration k`) that is iteration k -- its learning rate, warmup and data-order
+    position -- as in Frankle et al., "Linear Mode Connectivity and the Lottery Ticket
+    Hypothesis" (ICML 2020), Section 5 and appendix, whose random pruning and random
+    reinitialization baselines are rewound to the same iteration as the IMP subnetworks. The
+    weights: reinit a fresh initialization; random the level-0 weights at iteration k
+    (rewind.safetensors) with a random mask; reuse/reuse_sign values sampled from the surviving
+    weights at iteration k. (Our reading for reuse: the paper has no reuse control under
+    rewinding; sampling from the weights the ticket itself restarts from keeps the control one
+    change away from the ticket.) Without rewinding, k = 0 and the starting weights are the
+    level-0 initial weights.
+    """
     hp, seed = read_experiment(exp_dir)
-    seeds = trial_seeds(seed, trial)
+    seeds = run_seeds(hp, seed, trial, level, control, run_index)
     ticket = paths.run_dir(exp_dir, trial, level)
     if not paths.is_complete(ticket):
         raise LotteryError(f"the ticket run {ticket} is not complete; finish `lth lottery` first")
     verify_run(ticket, [paths.MASKS])
     masks = load_tensors(ticket / paths.MASKS)
+    start = hp.training.rewind_iteration
     level0 = paths.run_dir(exp_dir, trial, 0)
-    verify_run(level0, [paths.INITIAL])
-    original = load_tensors(level0 / paths.INITIAL)
+    starting_weights = paths.REWIND if start > 0 else paths.INITIAL
+    verify_run(level0, [starting_weights])
+    original = load_tensors(level0 / starting_weights)
     run_seed = derive_seed("control", control, seed, trial, level, run_index)
     splits = load_splits(hp, ctx, seeds["labels"])
     fresh = new_model(hp, splits, run_seed).state_dict()
     weights, run_masks = control_init(control, original, fresh, masks, run_seed)
-    # Controls train from iteration 0 with the full schedule: there is no rewinding to compare.
-    control_hp = hp if hp.training.rewind_iteration == 0 else _without_rewind(hp)
     return ControlSetup(
-        hp=control_hp, splits=splits, model=new_model(hp, splits, run_seed, presets=weights), masks=run_masks,
+        hp=hp, splits=splits, model=new_model(hp, splits, run_seed, presets=weights), masks=run_masks,
         order_seed=seeds["order"], out=paths.run_dir(exp_dir, trial, level, control, run_index),
         run_info={"trial": trial, "level": level, "control": control, "run_index": run_index,
-                  "seeds": {**seeds, "control": run_seed}},
+                  "seeds": {**seeds, "control": run_seed},
+                  # reuse once sampled from all initial values; marking the new sampling keeps
+                  # such older runs on disk from being counted as these (check_same_run)
+                  **({"sampled_from": "surviving"} if control in ("reuse", "reuse_sign") else {})},
+        start_iteration=start,
     )
 
 
@@ -303,6 +342,7 @@ def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: i
         c.model, c.splits, c.hp, order_seed=c.order_seed, masks=c.masks, output_dir=c.out, run_info=c.run_info,
         device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
             eval_threads=ctx.eval_threads, background_eval=ctx.background_eval, callbacks=callbacks(ctx),
+            start_iteration=c.start_iteration,
     )
     report_run(c.out, result, started, ctx)
 
@@ -343,8 +383,9 @@ def train_runs_batched(exp_dir: str | Path, runs: list[tuple], splits, hp: Hpara
 def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
     """All control runs in `jobs` as one batched computation (fully-connected models; same data)."""
     setups = [prepare_control(*job, ctx) for job in jobs]
-    if setups and setups[0].hp.dataset.permute_labels and len({c.run_info["trial"] for c in setups}) > 1:
-        raise LotteryError("--batched trains all runs on the same labels; trials with --permute-labels differ")
+    if setups and per_trial_labels(setups[0].hp) and len({c.run_info["trial"] for c in setups}) > 1:
+        raise LotteryError("--batched trains all runs on the same labels; trials with --permute-labels or "
+                           "--random-labels differ")
     todo = []
     for c in setups:
         record = run_record(c.hp, c.run_info)
@@ -355,7 +396,7 @@ def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
         return
     first = todo[0][0]
     runs = [(c.out, record, c.model, c.masks, c.order_seed) for c, record in todo]
-    train_runs_batched(jobs[0][0], runs, first.splits, first.hp, ctx)
+    train_runs_batched(jobs[0][0], runs, first.splits, first.hp, ctx, start_iteration=first.start_iteration)
 
 
 def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], levels: int, ctx: Context) -> None:
@@ -368,8 +409,9 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
     from lottery_ticket.masking import full_masks
 
     hp = Hparams.from_dict(hp_dict)
-    if hp.dataset.permute_labels:
-        raise LotteryError("--batched trains all trials on the same labels; it cannot be combined with --permute-labels")
+    if per_trial_labels(hp):
+        raise LotteryError("--batched trains all trials on the same labels; it cannot be combined with "
+                           "--permute-labels or --random-labels")
     seeds = {t: trial_seeds(seed, t) for t in trials}
     splits = load_splits(hp, ctx, None)
     template = new_model(hp, splits, 0)  # the architecture: layer kinds, all-ones masks
@@ -387,8 +429,9 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
         for t in trials:
             masks[t] = full_masks(template) if level == 0 else prune_masks(masks[t], final[t])
             out = paths.run_dir(exp_dir, t, level)
+            run = run_seeds(hp, seed, t, level)
             record = run_record(hp, {"trial": t, "level": level, "control": "main", "run_index": 0,
-                                     "seeds": seeds[t]})
+                                     "seeds": run})
             check_same_run(out, record)
             if paths.is_complete(out):
                 keep(t, level, load_result(out))
@@ -396,16 +439,11 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
                 todo.append((t, new_model(hp, splits, seeds[t]["model"], reset.get(t)), out, record))
         if not todo:
             continue
-        runs = [(out, record, model, masks[t], seeds[t]["order"]) for t, model, out, record in todo]
+        runs = [(out, record, model, masks[t], record["run"]["seeds"]["order"]) for t, model, out, record in todo]
         results = train_runs_batched(exp_dir, runs, splits, hp, ctx,
                                      start_iteration=hp.training.rewind_iteration if level > 0 else 0)
         for (t, *_), result in zip(todo, results, strict=True):
             keep(t, level, result)
-
-
-def _without_rewind(hp: Hparams) -> Hparams:
-
-    return replace(hp, training=replace(hp.training, rewind_iteration=0))
 
 
 def experiment_trials(exp_dir: str | Path) -> list[int]:

@@ -289,7 +289,8 @@ def check_same_run(out: Path, record: dict) -> None:
     except LotteryError as e:
         raise LotteryError(f"{run_file} is not a valid lottery_ticket run record ({e}); "
                            f"restore it, or delete {out} to train the run again") from None
-    if old["hparams"] != record["hparams"] or old["run"] != record["run"]:
+    # compared as read (older records upgraded to what they ran, see hparams._upgrade)
+    if old_hp.to_dict() != record["hparams"] or old["run"] != record["run"]:
         changes = diff(old_hp, H.from_dict(record["hparams"]))
         changes += [f"run.{k}: {old.get('run', {}).get(k)!r} -> {v!r}" for k, v in record["run"].items()
                     if old.get("run", {}).get(k) != v]

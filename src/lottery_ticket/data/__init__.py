@@ -1,7 +1,8 @@
 """Datasets: MNIST, Fashion-MNIST and CIFAR-10 as normalized in-memory tensors.
 
     splits = load_dataset("mnist", root=None, validation_size=5000, split_seed=0,
-                          normalization="standard", permute_labels_seed=None, download=True)
+                          normalization="standard", permute_classes_seed=None,
+                          random_labels_seed=None, download=True)
 
 See `datasets.py` for where files are looked for and how they are verified, `augment.py` for the
 batch augmentation and `order.py` for the seeded training order.

@@ -168,7 +168,8 @@ def load_dataset(
     validation_size: int = 5000,
     split_seed: int = 0,
     normalization: str = "standard",
-    permute_labels_seed: int | None = None,
+    permute_classes_seed: int | None = None,
+    random_labels_seed: int | None = None,
     download: bool = True,
     mirrors: Sequence[str] | None = None,
     quiet: bool = False,
@@ -190,7 +191,8 @@ def load_dataset(
         validation_size=validation_size,
         split_seed=split_seed,
         normalization=normalization,
-        permute_labels_seed=permute_labels_seed,
+        permute_classes_seed=permute_classes_seed,
+        random_labels_seed=random_labels_seed,
     )
 
 
@@ -205,7 +207,8 @@ def make_splits(
     validation_size: int = 5000,
     split_seed: int = 0,
     normalization: str = "standard",
-    permute_labels_seed: int | None = None,
+    permute_classes_seed: int | None = None,
+    random_labels_seed: int | None = None,
 ) -> Splits:
     """Build Splits from raw uint8 images [N, C, H, W] and integer labels.
 
@@ -215,8 +218,12 @@ def make_splits(
       of the *full original training set* (after /255), so the constants do not depend on the
       split; "l2" divides each example by its L2 norm (keras.utils.normalize, as in the original
       TensorFlow lottery ticket code; all-zero images stay zero); "none" is just /255.
-    - permute_labels_seed: shuffles the training labels (train and validation, never test)
-      with that seed, before the split, for random-label experiments.
+    - permute_classes_seed: relabels the classes by one random permutation of the class ids drawn
+      with that seed, applied alike to training, validation and test labels (the original
+      lottery-ticket library's `permute_labels`: `y = permutation[y]` on train and test), so the
+      task stays learnable under new class names.
+    - random_labels_seed: shuffles the training labels across examples (train and validation,
+      never test) with that seed, before the split, for random-label experiments.
     """
     _check_options(normalization)
     n = len(train_images)
@@ -224,8 +231,12 @@ def make_splits(
     if train_images.dtype != torch.uint8 or test_images.dtype != torch.uint8:
         raise LotteryError("make_splits expects uint8 images")
     train_labels = train_labels.to(torch.int64)
-    if permute_labels_seed is not None:
-        generator = torch.Generator().manual_seed(permute_labels_seed)
+    test_labels = test_labels.to(torch.int64)
+    if permute_classes_seed is not None:
+        classes = torch.randperm(num_classes, generator=torch.Generator().manual_seed(permute_classes_seed))
+        train_labels, test_labels = classes[train_labels], classes[test_labels]
+    if random_labels_seed is not None:
+        generator = torch.Generator().manual_seed(random_labels_seed)
         train_labels = train_labels[torch.randperm(n, generator=generator)]
 
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
@@ -246,7 +257,7 @@ def make_splits(
         validation_x=prepare(train_images[validation_index]),
         validation_y=train_labels[validation_index],
         test_x=prepare(test_images),
-        test_y=test_labels.to(torch.int64),
+        test_y=test_labels,
     )
 
 
