@@ -1,11 +1,26 @@
 """Weight initialization, in one place: Glorot-normal weights and zero biases by default."""
 
+import math
+
 import torch
 import torch.nn as nn
 
 from lottery_ticket.errors import LotteryError
 
-INITIALIZERS = ("glorot_normal", "glorot_uniform", "kaiming_normal", "kaiming_uniform")
+INITIALIZERS = ("glorot_normal", "glorot_truncated_normal", "glorot_uniform", "kaiming_normal", "kaiming_uniform")
+
+# TensorFlow's truncated normal keeps draws within 2 standard deviations; its VarianceScaling
+# initializer divides the stddev by this constant (the stddev of a unit normal truncated to [-2, 2])
+# so the weights still have variance 2 / (fan_in + fan_out).
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def glorot_truncated_normal_(weight: torch.Tensor, generator: torch.Generator) -> None:
+    """`tf.glorot_normal_initializer` (TF 1.x), which the original lottery-ticket code uses:
+    a normal of stddev sqrt(2 / (fan_in + fan_out)) / 0.8796..., truncated at 2 stddevs."""
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    std = math.sqrt(2.0 / (fan_in + fan_out)) / _TRUNCATED_STD
+    nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std, generator=generator)
 
 
 @torch.no_grad()
@@ -23,6 +38,8 @@ def initialize(model: nn.Module, init: str, seed: int) -> None:
             weight = module.weight
             if init == "glorot_normal":
                 nn.init.xavier_normal_(weight, generator=generator)
+            elif init == "glorot_truncated_normal":
+                glorot_truncated_normal_(weight, generator)
             elif init == "glorot_uniform":
                 nn.init.xavier_uniform_(weight, generator=generator)
             elif init == "kaiming_normal":
