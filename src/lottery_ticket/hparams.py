@@ -178,10 +178,11 @@ PRESETS: dict[str, tuple[Hparams, str]] = {
             model=dict(init="glorot_truncated_normal"),
             training=dict(optimizer="sgd", lr=0.1),
         ),
-        "the original TensorFlow library's MNIST defaults (google-research/lottery-ticket-hypothesis, "
-        "mnist_fc/constants.py and its dataset/model code): SGD 0.1, batch 64, L2-normalized inputs, "
-        "all 60,000 training images (no validation split: early stopping is measured on the test loss, "
-        "as the report says), tf.glorot_normal_initializer's truncated-normal Glorot init "
+        "the original TensorFlow library's MNIST defaults (google-research/lottery-ticket-hypothesis: "
+        "mnist_fc/constants.py, datasets/dataset_mnist.py, foundations/model_fc.py): SGD 0.1, batch 64, "
+        "L2-normalized inputs, all 60,000 training images (no validation split: early stopping is "
+        "measured on the test loss, as the report says), truncated-normal Glorot init "
+        "(tf.contrib.layers.xavier_initializer(uniform=False)) "
         "(run 30 levels: --levels 30)",
     ),
     "conv2": (

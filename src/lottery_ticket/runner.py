@@ -148,7 +148,8 @@ def report_run(out: Path, result, started: float, ctx: Context) -> None:
     es = early_stopping(pd.DataFrame(result.metrics, columns=["iteration", "split", "loss", "accuracy"]))
     pm = 100 * density(load_tensors(out / paths.MASKS))
     print(
-        f"{out}: Pm {pm:.1f}%  early stop at {es['early_stop_iteration']:.0f}  "
+        f"{out}: Pm {pm:.1f}%  early stop{' (test loss)' if es['early_stop_split'] == 'test' else ''} "
+        f"at {es['early_stop_iteration']:.0f}  "
         f"test acc {es['early_stop_test_accuracy']:.4f}  ({time.time() - started:.1f} s)",
         file=sys.stderr, flush=True,
     )

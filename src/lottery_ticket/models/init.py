@@ -9,17 +9,17 @@ from lottery_ticket.errors import LotteryError
 
 INITIALIZERS = ("glorot_normal", "glorot_truncated_normal", "glorot_uniform", "kaiming_normal", "kaiming_uniform")
 
-# TensorFlow's truncated normal keeps draws within 2 standard deviations; its VarianceScaling
-# initializer divides the stddev by this constant (the stddev of a unit normal truncated to [-2, 2])
-# so the weights still have variance 2 / (fan_in + fan_out).
-_TRUNCATED_STD = 0.87962566103423978
+# The original lottery-ticket code (foundations/model_fc.py) initializes with TF 1.x's
+# tf.contrib.layers.xavier_initializer(uniform=False): a normal of stddev sqrt(1.3 * factor / n),
+# n = (fan_in + fan_out) / 2, factor 1, truncated at 2 stddevs (the 1.3 makes up for the variance
+# the truncation removes, so the weights keep about variance 2 / (fan_in + fan_out)).
+_TRUNCATION_FACTOR = 1.3
 
 
 def glorot_truncated_normal_(weight: torch.Tensor, generator: torch.Generator) -> None:
-    """`tf.glorot_normal_initializer` (TF 1.x), which the original lottery-ticket code uses:
-    a normal of stddev sqrt(2 / (fan_in + fan_out)) / 0.8796..., truncated at 2 stddevs."""
+    """The original code's truncated-normal Glorot initialization (see above)."""
     fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
-    std = math.sqrt(2.0 / (fan_in + fan_out)) / _TRUNCATED_STD
+    std = math.sqrt(_TRUNCATION_FACTOR * 2.0 / (fan_in + fan_out))
     nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std, generator=generator)
 
 
