@@ -86,12 +86,25 @@ def test_missing_test_row_at_the_early_stopping_iteration_is_nan():
     assert r["final_test_accuracy"] == 0.8
 
 
-def test_no_validation_rows_at_all():
-    df = log((0, "test", 1.0, 0.1), (100, "train_batch", 0.5, 0.6), (100, "test", 0.5, 0.7))
+def test_no_validation_rows_at_all_early_stops_on_the_test_loss():
+    """--validation-size 0 (the original-code preset): the minimum *test* loss, stated as such."""
+    df = log((0, "test", 1.0, 0.1), (100, "train_batch", 0.5, 0.6), (100, "test", 0.5, 0.7),
+             (200, "test", 0.6, 0.75), (200, "validation", math.nan, math.nan))
+    r = early_stopping(df)
+    assert (r["early_stop_iteration"], r["early_stop_test_accuracy"], r["early_stop_split"]) == (100, 0.7, "test")
+    assert math.isnan(r["early_stop_val_loss"]) and math.isnan(r["early_stop_val_accuracy"])
+    assert r["final_test_accuracy"] == 0.75
+    assert r["final_iteration"] == 200
+    assert early_stopping(log(*evals(0, 1.0, 0.1), *evals(100, 0.5, 0.6)))["early_stop_split"] == "validation"
+
+
+def test_no_validation_or_test_loss_gives_nan_early_stopping():
+    df = log((0, "test", math.nan, 0.1), (100, "train_batch", 0.5, 0.6), (100, "test", math.nan, 0.7))
     r = early_stopping(df)
     for key in ("early_stop_iteration", "early_stop_val_loss", "early_stop_val_accuracy",
                 "early_stop_test_accuracy"):
         assert math.isnan(r[key])
+    assert r["early_stop_split"] == ""
     assert r["final_test_accuracy"] == 0.7
     assert r["final_train_accuracy"] == 0.6
     assert r["final_iteration"] == 100

@@ -397,3 +397,53 @@ def test_report_escapes_strings(tmp_path):
 def test_report_missing_directory_is_a_user_error(tmp_path):
     with pytest.raises(LotteryError):
         write_report(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------- issue 12 items 6, 9
+
+
+def test_report_defaults_to_min_max_error_bars_and_counts_runs(report):
+    text = report["markdown"].read_text(encoding="utf-8")
+    assert "Error bars in the figures show the minimum and maximum" in text
+    assert "| trials | runs |" in text
+    assert "minimum validation loss" in text
+
+
+def test_averages_text_counts_trials_and_control_runs(tmp_path):
+    from lottery_ticket.analysis.table import averages_text
+
+    root = make_experiment(tmp_path / "exp")
+    for trial in range(2):
+        for level in range(3):
+            for run in ("reinit_1", "reinit_2"):
+                write_run(root, trial, level, run)
+    agg = aggregate(load_results(root))
+    text = averages_text(agg)
+    assert "level 2 (Pm 64.2%): ticket 2 trials; reinit 6 runs (3 per trial, 2 trials)" in text
+    assert averages_text(aggregate(load_results(tmp_path / "none"))).endswith("no complete runs yet")
+
+
+def test_lth_report_prints_the_averages_and_takes_errorbars(tmp_path, capsys):
+    from lottery_ticket.cli import main
+
+    root = make_experiment(tmp_path / "exp")
+    assert main(["report", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "each point averages" in out and "level 0 (Pm 100%): ticket 2 trials; reinit 2 trials" in out
+    assert main(["report", str(root), "--errorbars", "std"]) == 0
+    assert "show one standard deviation" in (root / "report.md").read_text(encoding="utf-8")
+
+
+def test_report_says_early_stopping_is_on_the_test_loss_without_a_validation_split(tmp_path):
+    root = tmp_path / "novalidation"
+    d = root / "trial_0" / "level_0" / "main"
+    d.mkdir(parents=True)
+    save_file(make_masks(0), str(d / "masks.safetensors"))
+    (d / "metrics.csv").write_text("iteration,split,loss,accuracy\n0,validation,,\n0,test,2.0,0.1\n"
+                                   "100,validation,,\n100,test,0.5,0.9\n200,validation,,\n200,test,0.7,0.95\n")
+    (d / "COMPLETE").write_text("{}")
+    paths = write_report(root)
+    text = paths["markdown"].read_text(encoding="utf-8")
+    assert "minimum test loss: these runs have no validation split" in text
+    row = pd.read_csv(paths["results_csv"]).iloc[0]
+    assert (row["early_stop_iteration"], row["early_stop_split"], row["early_stop_test_accuracy"]) == (100, "test", 0.9)

@@ -237,7 +237,8 @@ def train_batched(
     optimizer = make_optimizer(stacked, t)
     step = make_batched_step(stacked, optimizer, stacked_masks)
 
-    schedule = bool(t.warmup_iterations or milestones(t))
+    per_epoch = len(train_y) // batch_size
+    schedule = bool(t.warmup_iterations or milestones(t, per_epoch))
     window_loss = torch.zeros(t.eval_every, k, dtype=torch.float32, device=device)
     window_correct = torch.zeros(t.eval_every, k, dtype=torch.int64, device=device)
     x = torch.empty(k * batch_size, train_x.shape[1], dtype=train_x.dtype, device=device)
@@ -310,7 +311,7 @@ def train_batched(
         if procs.stop_requested():  # SIGINT/SIGTERM: checkpoint below, then raise Stopped
             break
         if schedule:
-            lr = learning_rate(t, iteration)
+            lr = learning_rate(t, iteration, per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
         torch.cat([order.batch(iteration) for order in orders], out=index)

@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(any other directory is refused). Complete runs are checked against the "
                                    "checksums recorded when they finished; a damaged file is an error.")
     p.add_argument("experiment", help="experiment directory (may still be running)")
+    p.add_argument("--errorbars", choices=("minmax", "std"), default="minmax",
+                   help="error bars in the figures: minmax (the range over trials, as the paper's "
+                        "figures; default) or std (one standard deviation)")
 
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("presets", help="list the presets and their hyperparameters")
@@ -473,7 +476,7 @@ def _sweep_line_job(line: str, threads: int, ctx=None) -> int:
     return 0
 
 
-def _report(experiment: str, quiet: bool) -> None:
+def _report(experiment: str, quiet: bool, errorbars: str = "minmax") -> None:
     from lottery_ticket.analysis.report import write_report
     from lottery_ticket.store import read_json
 
@@ -487,23 +490,32 @@ def _report(experiment: str, quiet: bool) -> None:
     record = read_json(record_file)
     if not isinstance(record, dict) or record.get("kind") != "lottery" or not isinstance(record.get("hparams"), dict):
         raise LotteryError(f"{record_file} is not a lottery_ticket experiment record")
-    written = write_report(experiment)
+    written = write_report(experiment, errorbars=errorbars)
     if not quiet:
+        import pandas as pd
+
+        from lottery_ticket.analysis.table import averages_text
+
+        print(averages_text(pd.read_csv(written["aggregate_csv"])))
         print(f"report: {written['html']}")
 
 
 def cmd_models(args) -> None:
+    """The prunable count is what the model's paper preset prunes: its --never-prune tensors
+    (e.g. Resnet-18's fc layer and 1x1 shortcuts) are left out, as the paper counts them."""
+    from lottery_ticket.hparams import never_prune
     from lottery_ticket.masking import prunable_names
     from lottery_ticket.models import build_model, registered
 
-    print(f"{'model':<16}{'dataset':<10}{'prunable weights':>18}  {'preset':<10}description")
+    print(f"{'model':<16}{'dataset':<10}{'prunable weights':>18}  {'preset':<16}description")
     for entry in registered():
         for name in entry.examples:
             shape = (3, 32, 32) if entry.dataset == "cifar10" else (1, 28, 28)
             model = build_model(name, seed=0, input_shape=shape)
             params = dict(model.named_parameters())
-            count = sum(params[n].numel() for n in prunable_names(model))
-            print(f"{name:<16}{entry.dataset:<10}{count:>18,}  {entry.default_preset:<10}{entry.description}")
+            frozen = set(never_prune(PRESETS[entry.default_preset][0].pruning))
+            count = sum(params[n].numel() for n in prunable_names(model) if n not in frozen)
+            print(f"{name:<16}{entry.dataset:<10}{count:>18,}  {entry.default_preset:<16}{entry.description}")
 
 
 def cmd_presets(args) -> None:
@@ -516,7 +528,7 @@ def cmd_presets(args) -> None:
 
 COMMANDS = {
     "train": cmd_train, "lottery": cmd_lottery, "reinit": cmd_reinit, "sweep": cmd_sweep,
-    "report": lambda a: _report(a.experiment, False), "models": cmd_models, "presets": cmd_presets,
+    "report": lambda a: _report(a.experiment, False, a.errorbars), "models": cmd_models, "presets": cmd_presets,
 }
 
 

@@ -17,7 +17,6 @@ from typing import Any
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.registries import ChoicesHelp
 
-INITIALIZERS = ("glorot_normal", "glorot_uniform", "kaiming_normal", "kaiming_uniform")  # = models.init's
 INT_MAX = 2**63 - 1  # every integer hyperparameter fits 64 bits: torch seeds and iteration counters
 
 
@@ -121,7 +120,8 @@ class ModelHparams(_Section):
     model: str = field(default="lenet_300_100", metadata={"help": "a registered model (see `lth models`)"})
     init: str = field(
         default="glorot_normal",
-        metadata={"help": "glorot_normal | glorot_uniform | kaiming_normal | kaiming_uniform", "choices": INITIALIZERS},
+        metadata={"help": "glorot_normal | glorot_truncated_normal (the original TensorFlow code's) | "
+                          "glorot_uniform | kaiming_normal | kaiming_uniform", "choices": lambda: initializer_names()},
     )
     dropout: float = field(default=0.0, metadata={"help": "dropout after hidden fully-connected layers (conv nets)", "range": Range(0, 1)})
 
@@ -134,7 +134,9 @@ class TrainingHparams(_Section):
     weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay (added to the gradient)", "range": Range(0)})
     iterations: int = field(default=50000, metadata={"help": "training iterations (minibatches)", "range": Range(0)})
     epochs: int = field(
-        default=0, metadata={"help": "if > 0, train this many epochs instead of --iterations", "range": Range(0)}
+        default=0,
+        metadata={"help": "if > 0, train this many epochs (of floor(training examples / batch size) "
+                          "iterations) instead of --iterations; giving only --iterations sets it to 0", "range": Range(0)},
     )
     eval_every: int = field(
         default=100, metadata={"help": "evaluate validation and test every this many iterations", "range": Range(1)}
@@ -143,7 +145,9 @@ class TrainingHparams(_Section):
         default=0, metadata={"help": "linear learning-rate warmup from 0 over this many iterations", "range": Range(0)}
     )
     lr_milestones: str = field(
-        default="", metadata={"help": "comma-separated iterations where the lr is multiplied by --lr-gamma"}
+        default="",
+        metadata={"help": "comma-separated iterations (e.g. 20000) or epochs (e.g. 80ep) where the lr "
+                          "is multiplied by --lr-gamma"},
     )
     lr_gamma: float = field(default=0.1, metadata={"help": "learning-rate decay factor at each milestone", "range": Range(0, low_open=True)})
     rewind_iteration: int = field(
@@ -258,6 +262,15 @@ def _upgrade(section: str, values: dict[str, Any]) -> dict[str, Any]:
 
 _CONV_TRAINING = dict(optimizer="adam", iterations=20000, eval_every=100)
 
+# Frankle & Carbin (2019) train Resnet-18 and VGG-19 with global pruning of the convolutions only
+# (Figure 2: "conv 20%, fc 0%"). For Resnet-18 the prunable weights are the 3x3 convolutions: the
+# two 1x1 downsample shortcut convolutions and the fc layer are never pruned (issue 12 item 1).
+RESNET18_NEVER_PRUNE = "fc.weight,blocks.3.shortcut.0.weight,blocks.6.shortcut.0.weight"
+
+# The Conv-2/4/6 dropout experiments (Frankle & Carbin 2019, Section 3 "Dropout" and its figure;
+# dropout 0.5 on the hidden fully-connected layers): the learning rates differ from Figure 2's.
+_DROPOUT_LR = {"conv2": 3e-4, "conv4": 2e-4, "conv6": 2e-4}
+
 
 def _preset(dataset=None, model=None, training=None, pruning=None) -> Hparams:
     return Hparams(
@@ -268,60 +281,74 @@ def _preset(dataset=None, model=None, training=None, pruning=None) -> Hparams:
     )
 
 
+def _conv_preset(name: str, lr: float, iterations: int, conv_fraction: float, dropout: float = 0.0) -> Hparams:
+    return _preset(
+        dataset=dict(dataset="cifar10"),
+        model=dict(model=name, dropout=dropout),
+        training=dict(_CONV_TRAINING, lr=lr, iterations=iterations),
+        pruning=dict(conv_fraction=conv_fraction, fc_fraction=0.2, output_fraction=0.1),
+    )
+
+
+# Every preset's description cites where its values come from (paper section/figure or the
+# original code); `lth presets` prints them.
 PRESETS: dict[str, tuple[Hparams, str]] = {
     "paper": (
         _preset(),
-        "LeNet-300-100 on MNIST as in the paper: Adam 1.2e-3, batch 60, 50,000 iterations, "
+        "LeNet-300-100 on MNIST as in the paper (Frankle & Carbin 2019, Figure 2 and Section 2): "
+        "Adam 1.2e-3, batch 60, 50,000 iterations, 5,000 validation images, "
         "prune 20% of each hidden layer and 10% of the output layer per level",
     ),
     "original-code": (
         _preset(
-            dataset=dict(batch_size=64, normalization="l2"),
+            dataset=dict(batch_size=64, normalization="l2", validation_size=0),
+            model=dict(init="glorot_truncated_normal"),
             training=dict(optimizer="sgd", lr=0.1),
         ),
-        "the original TensorFlow library's defaults: SGD 0.1, batch 64, L2-normalized inputs "
+        "the original TensorFlow library's MNIST defaults (google-research/lottery-ticket-hypothesis: "
+        "mnist_fc/constants.py, datasets/dataset_mnist.py, foundations/model_fc.py): SGD 0.1, batch 64, "
+        "L2-normalized inputs, all 60,000 training images (no validation split: early stopping is "
+        "measured on the test loss, as the report says), truncated-normal Glorot init "
+        "(tf.contrib.layers.xavier_initializer(uniform=False)) "
         "(run 30 levels: --levels 30)",
     ),
     "conv2": (
-        _preset(
-            dataset=dict(dataset="cifar10"),
-            model=dict(model="conv2"),
-            training=dict(_CONV_TRAINING, lr=2e-4, iterations=20000),
-            pruning=dict(conv_fraction=0.1, fc_fraction=0.2, output_fraction=0.1),
-        ),
+        _conv_preset("conv2", lr=2e-4, iterations=20000, conv_fraction=0.1),
         "Conv-2 on CIFAR-10 (paper Figure 2): Adam 2e-4, batch 60, 20K iterations, conv 10%, fc 20%, output 10%",
     ),
     "conv4": (
-        _preset(
-            dataset=dict(dataset="cifar10"),
-            model=dict(model="conv4"),
-            training=dict(_CONV_TRAINING, lr=3e-4, iterations=25000),
-            pruning=dict(conv_fraction=0.1, fc_fraction=0.2, output_fraction=0.1),
-        ),
-        "Conv-4 on CIFAR-10: Adam 3e-4, batch 60, 25K iterations, conv 10%, fc 20%, output 10%",
+        _conv_preset("conv4", lr=3e-4, iterations=25000, conv_fraction=0.1),
+        "Conv-4 on CIFAR-10 (paper Figure 2): Adam 3e-4, batch 60, 25K iterations, conv 10%, fc 20%, output 10%",
     ),
     "conv6": (
-        _preset(
-            dataset=dict(dataset="cifar10"),
-            model=dict(model="conv6"),
-            training=dict(_CONV_TRAINING, lr=3e-4, iterations=30000),
-            pruning=dict(conv_fraction=0.15, fc_fraction=0.2, output_fraction=0.1),
-        ),
-        "Conv-6 on CIFAR-10: Adam 3e-4, batch 60, 30K iterations, conv 15%, fc 20%, output 10%",
+        _conv_preset("conv6", lr=3e-4, iterations=30000, conv_fraction=0.15),
+        "Conv-6 on CIFAR-10 (paper Figure 2): Adam 3e-4, batch 60, 30K iterations, conv 15%, fc 20%, output 10%",
     ),
+    **{
+        f"{name}-dropout": (
+            _conv_preset(name, lr=_DROPOUT_LR[name], iterations=iterations, conv_fraction=conv, dropout=0.5),
+            f"Conv-{name[-1]} with dropout 0.5 on the hidden fully-connected layers (paper Section 3, "
+            f"'Dropout', and its figure's caption): Adam {_DROPOUT_LR[name]:g}, batch 60, "
+            f"{iterations // 1000}K iterations (Figure 2's count: the dropout text gives no other), "
+            f"conv {conv:.0%}, fc 20%, output 10%",
+        )
+        for name, iterations, conv in (("conv2", 20000, 0.1), ("conv4", 25000, 0.1), ("conv6", 30000, 0.15))
+    },
     "vgg19": (
         _preset(
             dataset=dict(dataset="cifar10", batch_size=64, augment=True),
             model=dict(model="vgg19"),
             training=dict(
-                optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, iterations=112000,
-                eval_every=1000, warmup_iterations=10000, lr_milestones="56000,84000",
+                optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, iterations=112480, epochs=160,
+                eval_every=1000, warmup_iterations=10000, lr_milestones="80ep,120ep",
                 lr_gamma=0.1, rewind_iteration=0,
             ),
             pruning=dict(strategy="global", global_fraction=0.2, never_prune="fc.weight"),
         ),
-        "VGG-19 on CIFAR-10 (paper Section 4): SGD 0.1 momentum 0.9, batch 64, 112K iterations, "
-        "lr /10 at 56K and 84K, 10K warmup, global pruning 20% of conv weights; "
+        "VGG-19 on CIFAR-10 (paper Figure 2 and Section 4): SGD 0.1 momentum 0.9, batch 64, "
+        "160 epochs of the 45,000 training images (703 iterations each: 112,480 iterations), "
+        "lr /10 at epochs 80 and 120 (iterations 56,240 and 84,360), 10K warmup iterations (Section 4: "
+        "lr 0.1 with warmup finds tickets), global pruning 20% of conv weights (fc 0%); "
         "add --rewind-iteration for late rewinding",
     ),
     "resnet18": (
@@ -329,14 +356,16 @@ PRESETS: dict[str, tuple[Hparams, str]] = {
             dataset=dict(dataset="cifar10", batch_size=128, augment=True),
             model=dict(model="resnet18"),
             training=dict(
-                optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4, iterations=30000,
+                optimizer="sgd", lr=0.03, momentum=0.9, weight_decay=1e-4, iterations=30000,
                 eval_every=500, warmup_iterations=20000, lr_milestones="20000,25000",
                 lr_gamma=0.1, rewind_iteration=0,
             ),
-            pruning=dict(strategy="global", global_fraction=0.2, never_prune="fc.weight"),
+            pruning=dict(strategy="global", global_fraction=0.2, never_prune=RESNET18_NEVER_PRUNE),
         ),
-        "ResNet-18 on CIFAR-10 (paper Section 4): SGD 0.1 momentum 0.9, batch 128, 30K iterations, "
-        "lr /10 at 20K and 25K, 20K warmup, global pruning 20% of conv weights",
+        "ResNet-18 on CIFAR-10 (paper Figure 2 and Section 4): SGD momentum 0.9, batch 128, 30K iterations, "
+        "lr /10 at 20K and 25K; lr 0.03 with 20K warmup iterations (Section 4: at lr 0.1 even with warmup "
+        "no tickets are found, at 0.03 with warmup they are); global pruning 20% of the 3x3 convolutions "
+        "(the fc layer and the two 1x1 downsample shortcuts are never pruned)",
     ),
 }
 
@@ -388,6 +417,12 @@ def add_hparam_flags(parser: argparse.ArgumentParser, sections=("dataset", "mode
                 )
 
 
+def initializer_names() -> list[str]:
+    from lottery_ticket.models.init import INITIALIZERS
+
+    return list(INITIALIZERS)
+
+
 def dataset_names() -> list[str]:
     from lottery_ticket.data.registry import DATASETS
 
@@ -408,6 +443,9 @@ def hparams_from_args(args: argparse.Namespace) -> Hparams:
             _, section, name = key.split("__", 2)
             overrides[section][name] = value
     hp = preset_hparams(args.preset, overrides["model"].get("model"))
+    training = overrides["training"]
+    if "iterations" in training and "epochs" not in training:
+        training["epochs"] = 0  # --iterations alone wins over a preset's epochs (e.g. vgg19's 160)
     hp = Hparams(**{s: replace(getattr(hp, s), **overrides[s]) for s in SECTIONS})
     validate(hp)
     return hp
@@ -440,14 +478,36 @@ def validate(hp: Hparams) -> None:
         raise LotteryError("--iterations (or --epochs) must be >= 1")
     if t.epochs == 0 and t.rewind_iteration > t.iterations:
         raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {t.iterations} training iterations")
-    milestones(t)
+    milestones(t, iterations_per_epoch(hp))
 
 
-def milestones(t: TrainingHparams) -> list[int]:
-    try:
-        values = [int(v) for v in t.lr_milestones.split(",") if v.strip()]
-    except ValueError:
-        raise LotteryError(f"--lr-milestones must be comma-separated integers, got {t.lr_milestones!r}") from None
+def iterations_per_epoch(hp: Hparams) -> int:
+    """Iterations in one epoch: floor(training examples / batch size), as the trainer's order
+    (the last partial batch of an epoch is dropped). E.g. VGG-19: 45,000 // 64 = 703."""
+    from lottery_ticket.data.datasets import TRAIN_SIZES
+
+    return (TRAIN_SIZES[hp.dataset.dataset] - hp.dataset.validation_size) // hp.dataset.batch_size
+
+
+def milestones(t: TrainingHparams, per_epoch: int | None = None) -> list[int]:
+    """The lr milestones in iterations. An entry `Nep` is epoch N, i.e. iteration N * `per_epoch`
+    (as the paper states VGG-19's schedule: drops at epochs 80 and 120), so the counts are exact."""
+    values = []
+    for text in (v.strip() for v in t.lr_milestones.split(",")):
+        if not text:
+            continue
+        epochs = text.endswith("ep")
+        try:
+            value = int(text[:-2] if epochs else text)
+        except ValueError:
+            raise LotteryError(
+                f"--lr-milestones must be comma-separated iterations or epochs (e.g. 80ep), got {t.lr_milestones!r}"
+            ) from None
+        if epochs:
+            if per_epoch is None:
+                raise ValueError("epoch milestones need the number of iterations per epoch")
+            value *= per_epoch
+        values.append(value)
     if values != sorted(values) or any(v < 1 for v in values):
         raise LotteryError(f"--lr-milestones must be increasing positive iterations, got {t.lr_milestones!r}")
     return values

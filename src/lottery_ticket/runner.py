@@ -214,7 +214,8 @@ def report_run(out: Path, result, started: float, ctx: Context) -> None:
 
     es = early_stopping(pd.DataFrame(result.metrics, columns=["iteration", "split", "loss", "accuracy"]))
     pm = 100 * density(load_tensors(out / paths.MASKS))
-    line = (f"{out}: Pm {pm:.1f}%  early stop at {es['early_stop_iteration']:.0f}  "
+    line = (f"{out}: Pm {pm:.1f}%  early stop{' (test loss)' if es['early_stop_split'] == 'test' else ''} "
+            f"at {es['early_stop_iteration']:.0f}  "
             f"test acc {es['early_stop_test_accuracy']:.4f}  ({time.time() - started:.1f} s)")
     if procs.has_progress_queue():  # a worker: the parent prints it above its progress view
         procs.progress("line", str(out), line)

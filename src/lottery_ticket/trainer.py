@@ -89,12 +89,13 @@ def total_iterations(t: TrainingHparams, num_train: int, batch_size: int) -> int
     return t.iterations
 
 
-def learning_rate(t: TrainingHparams, iteration: int) -> float:
-    """The learning rate for the step taken at `iteration` (0-based): warmup, then step decay."""
+def learning_rate(t: TrainingHparams, iteration: int, per_epoch: int | None = None) -> float:
+    """The learning rate for the step taken at `iteration` (0-based): warmup, then step decay.
+    `per_epoch` (iterations per epoch) converts milestones given in epochs (`80ep`)."""
     lr = t.lr
     if t.warmup_iterations > 0 and iteration < t.warmup_iterations:
         lr *= (iteration + 1) / t.warmup_iterations
-    passed = sum(1 for m in milestones(t) if iteration >= m)
+    passed = sum(1 for m in milestones(t, per_epoch) if iteration >= m)
     return lr * (t.lr_gamma**passed)
 
 
@@ -364,7 +365,8 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             start_run_files(out, record, masks, initial)
     tensorboard = _TensorBoard(out / paths.TENSORBOARD if out is not None else None, purge_step=start if start > first else None)
 
-    schedule = bool(t.warmup_iterations or milestones(t))
+    per_epoch = len(train_y) // hp.dataset.batch_size
+    schedule = bool(t.warmup_iterations or milestones(t, per_epoch))
     window_loss = torch.zeros(t.eval_every, dtype=torch.float32, device=device)
     window_correct = torch.zeros(t.eval_every, dtype=torch.int64, device=device)
     if start > first:  # resumed: the training-batch statistics since the last evaluation
@@ -461,7 +463,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             if procs.stop_requested():  # SIGINT/SIGTERM: checkpoint below, then raise Stopped
                 break
             if schedule:
-                lr = learning_rate(t, iteration)
+                lr = learning_rate(t, iteration, per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
             index = order.batch(iteration)

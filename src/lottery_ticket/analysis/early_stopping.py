@@ -20,9 +20,14 @@ Choices (all deliberate, all tested):
   logs for every run); otherwise NaN.  ``final_train_split`` says which one was used.
 * If the same ``(split, iteration)`` appears more than once (a resumed run that re-logged
   an evaluation), the **last** row in file order wins.
-* With no usable validation rows at all, the four early-stopping fields are NaN; the
-  end-of-training fields are still computed from whatever rows exist.  Nothing raises on
-  missing or malformed rows.
+* Without a validation split (``--validation-size 0``, as the ``original-code`` preset: the
+  original library has none; recognized by validation rows, if any, without a single loss or
+  accuracy value, unlike a diverged run whose accuracies are still numbers), early stopping is measured on the
+  **test loss** instead: the iteration of minimum test loss, with the same rules; the two
+  ``early_stop_val_*`` fields are then NaN and ``early_stop_split`` is ``"test"`` (else
+  ``"validation"``; ``""`` when neither split has usable rows, and the early-stopping fields
+  are NaN).  The end-of-training fields are computed from whatever rows exist.  Nothing raises
+  on missing or malformed rows.
 """
 
 from __future__ import annotations
@@ -130,7 +135,9 @@ def early_stopping(metrics: pd.DataFrame) -> dict:
     Returns a dict with:
 
     * ``early_stop_iteration``: iteration of minimum validation loss (ties -> earliest,
-      NaN losses ignored, iteration 0 included); an ``int``, or NaN without validation rows.
+      NaN losses ignored, iteration 0 included); an ``int``; without validation rows the
+      minimum test loss, NaN without either.
+    * ``early_stop_split``: ``"validation"``, ``"test"`` (no validation split) or ``""``.
     * ``early_stop_val_loss`` / ``early_stop_val_accuracy``: validation loss and accuracy
       there.
     * ``early_stop_test_accuracy``: test accuracy at that iteration, NaN if that test row is
@@ -145,12 +152,15 @@ def early_stopping(metrics: pd.DataFrame) -> dict:
     metrics = clean_metrics(metrics)
     result: dict = {key: _NAN for key in EARLY_STOPPING_KEYS}
     result["final_train_split"] = ""
+    result["early_stop_split"] = ""
     if metrics.empty:
         return result
 
     result["final_iteration"] = int(metrics["iteration"].max())
 
     validation = _split_rows(metrics, "validation")
+    # An empty validation split logs NaN loss *and* accuracy; a diverged run still has accuracies.
+    no_split = not (validation["loss"].notna().any() or validation["accuracy"].notna().any())
     validation = validation[validation["loss"].notna()]
     test = _split_rows(metrics, "test")
 
@@ -158,10 +168,17 @@ def early_stopping(metrics: pd.DataFrame) -> dict:
         # Sorted by iteration, so idxmin's first occurrence is the earliest tie.
         best = validation.loc[validation["loss"].idxmin()]
         iteration = int(best["iteration"])
+        result["early_stop_split"] = "validation"
         result["early_stop_iteration"] = iteration
         result["early_stop_val_loss"] = float(best["loss"])
         result["early_stop_val_accuracy"] = float(best["accuracy"])
         result["early_stop_test_accuracy"] = _value_at(test, iteration, "accuracy")
+    elif no_split and test["loss"].notna().any():  # no validation split: on the test loss
+        usable = test[test["loss"].notna()]
+        best = usable.loc[usable["loss"].idxmin()]
+        result["early_stop_split"] = "test"
+        result["early_stop_iteration"] = int(best["iteration"])
+        result["early_stop_test_accuracy"] = float(best["accuracy"])
 
     if not test.empty:
         result["final_test_accuracy"] = float(test["accuracy"].iloc[-1])

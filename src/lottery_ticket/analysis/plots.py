@@ -13,8 +13,9 @@ safe in headless processes and threads.
 Conventions: Pm (percent of weights remaining) is on a log axis that *decreases to the
 right*, with ticks at the measured Pm values; the ticket (``main``) and each control keep one
 color and marker in every figure; points are means over trials and **error bars are the
-standard deviation over trials** (``errorbars="std"``, the default, drawn only where two
-or more trials exist) or the range (``errorbars="minmax"``).  Accuracies are fractions in
+range (minimum and maximum) over trials**, as in the paper's figures (``errorbars="minmax"``,
+the default) or one standard deviation (``errorbars="std"``, drawn only where two or more
+trials exist).  Accuracies are fractions in
 the data and shown in percent.
 """
 
@@ -211,7 +212,7 @@ def _has_data(agg: pd.DataFrame, metric: str) -> bool:
 # ----------------------------------------------------------------------------- figures
 
 
-def plot_early_stop_iteration(agg: pd.DataFrame, *, errorbars: str = "std") -> Figure:
+def plot_early_stop_iteration(agg: pd.DataFrame, *, errorbars: str = "minmax") -> Figure:
     """Early-stopping iteration (mean over trials) vs Pm, ticket and controls."""
     _check_errorbars(errorbars)
     with matplotlib.rc_context(_RC):
@@ -227,7 +228,7 @@ def plot_early_stop_iteration(agg: pd.DataFrame, *, errorbars: str = "std") -> F
     return fig
 
 
-def plot_early_stop_accuracy(agg: pd.DataFrame, *, errorbars: str = "std") -> Figure:
+def plot_early_stop_accuracy(agg: pd.DataFrame, *, errorbars: str = "minmax") -> Figure:
     """Test accuracy at the early-stopping iteration (mean over trials) vs Pm."""
     _check_errorbars(errorbars)
     with matplotlib.rc_context(_RC):
@@ -241,7 +242,7 @@ def plot_early_stop_accuracy(agg: pd.DataFrame, *, errorbars: str = "std") -> Fi
     return fig
 
 
-def plot_final_accuracy(agg: pd.DataFrame, *, errorbars: str = "std") -> Figure:
+def plot_final_accuracy(agg: pd.DataFrame, *, errorbars: str = "minmax") -> Figure:
     """Two panels: final training accuracy and final test accuracy vs Pm (shared y)."""
     _check_errorbars(errorbars)
     with matplotlib.rc_context(_RC):
@@ -399,7 +400,7 @@ def make_plots(
     out_dir: str | Path,
     *,
     levels: Sequence[int] | None = None,
-    errorbars: str = "std",
+    errorbars: str = "minmax",
     dpi: int = 150,
 ) -> list[Plot]:
     """Draw and save every figure that has data; returns them in report order.

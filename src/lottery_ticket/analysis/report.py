@@ -143,6 +143,19 @@ def _hparam_sections(hparams: dict) -> list[tuple[str, list[tuple[str, str]]]]:
 # ----------------------------------------------------------------------------- content
 
 
+def _early_stop_split_text(results: pd.DataFrame) -> str:
+    """Where early stopping was measured: the validation loss, or the test loss for runs without
+    a validation split (--validation-size 0, the original code's protocol), said plainly."""
+    splits = set(results["early_stop_split"]) - {""} if len(results) else set()
+    if splits == {"test"}:
+        return ("minimum test loss: these runs have no validation split (--validation-size 0), "
+                "so early stopping is measured on the test set, as the original code does")
+    if "test" in splits:
+        return ("minimum validation loss; runs without a validation split use the minimum test "
+                "loss (see early_stop_split in results.csv)")
+    return "minimum validation loss"
+
+
 def _status(results: pd.DataFrame) -> dict:
     total = len(results)
     complete = int(results["complete"].sum()) if total else 0
@@ -174,12 +187,12 @@ def _status_note(status: dict, include_incomplete: bool, experiment_dir: Path) -
 
 def aggregate_rows(agg: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header and cells of the aggregated table (mean ± std over trials)."""
-    header = ["level", "run kind", "Pm %", "trials", "ES iteration", "val loss @ES",
+    header = ["level", "run kind", "Pm %", "trials", "runs", "ES iteration", "val loss @ES",
               "test acc @ES %", "final test acc %", "best test acc %", "final train acc %"]
     rows = []
     for r in agg.itertuples(index=False):
         rows.append([
-            str(r.level), control_label(r.control), format_pm(r.pm), str(r.trials),
+            str(r.level), control_label(r.control), format_pm(r.pm), str(r.trials), str(r.runs),
             format_mean_std(r.early_stop_iteration_mean, r.early_stop_iteration_std, digits=0),
             format_mean_std(r.early_stop_val_loss_mean, r.early_stop_val_loss_std, digits=4),
             format_mean_std(r.early_stop_test_accuracy_mean, r.early_stop_test_accuracy_std,
@@ -374,14 +387,14 @@ def write_report(
     *,
     include_incomplete: bool = False,
     levels: list[int] | None = None,
-    errorbars: str = "std",
+    errorbars: str = "minmax",
 ) -> dict[str, Path]:
     """Write ``report.html``, ``report.md``, ``results.csv``, ``aggregate.csv`` and
     ``plots/`` into ``out_dir`` (default: ``experiment_dir``).
 
     ``include_incomplete`` also counts runs without ``COMPLETE`` in tables and figures;
-    ``levels`` picks the levels of the training-curve figure; ``errorbars`` is ``"std"``
-    (default) or ``"minmax"``.  Returns ``{"html", "markdown", "results_csv",
+    ``levels`` picks the levels of the training-curve figure; ``errorbars`` is ``"minmax"``
+    (default: the range over trials, as the paper's figures) or ``"std"``.  Returns ``{"html", "markdown", "results_csv",
     "aggregate_csv", "plots_dir"}`` plus ``"<figure name>.png"`` / ``".svg"`` for each
     figure drawn.  Raises :class:`LotteryError` if ``experiment_dir`` is not a directory.
     """
@@ -409,6 +422,7 @@ def write_report(
     summary_header, summary_body = summary_rows(agg)
     aggregate_header, aggregate_body = aggregate_rows(agg)
     bars = "one standard deviation" if errorbars == "std" else "the minimum and maximum"
+    stop_on = _early_stop_split_text(used)
 
     def rel(path: Path) -> str:
         return os.path.relpath(path, out).replace(os.sep, "/")
@@ -419,13 +433,14 @@ def write_report(
                      f"{levels_n} levels; generated "
                      f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}."),
         "note": _status_note(status, include_incomplete, root),
-        "summary_note": (f"Test accuracy (%) at the early-stopping iteration (minimum "
-                         f"validation loss) and that iteration, mean ± std over "
+        "summary_note": (f"Test accuracy (%) at the early-stopping iteration ({stop_on}) "
+                         f"and that iteration, mean ± std over "
                          f"{trials_text(agg)}, for the winning ticket and each control; Pm is the percent of prunable weights remaining."),
         "summary_header": summary_header,
         "summary_rows": summary_body,
         "aggregate_note": (f"Mean ± sample standard deviation over trials per level and run "
-                           f"kind (ES = early stopping; best test accuracy is an oracle "
+                           f"kind; 'runs' counts the runs each point averages (control runs of "
+                           f"all trials pooled) (ES = early stopping, {stop_on}; best test accuracy is an oracle "
                            f"shown for comparison only). Error bars in the figures show "
                            f"{bars}. Per-run values are in {rel(results_csv)}."),
         "aggregate_header": aggregate_header,

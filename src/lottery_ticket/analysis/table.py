@@ -52,6 +52,7 @@ BASE_COLUMNS = (
     "pm",
     *METRICS,
     "final_train_split",
+    "early_stop_split",
     "path",
 )
 
@@ -189,7 +190,7 @@ def load_results(experiment_dir: str | Path) -> pd.DataFrame:
     the metrics of :func:`~lottery_ticket.analysis.early_stopping.early_stopping`
     (``early_stop_iteration, early_stop_val_loss, early_stop_val_accuracy,
     early_stop_test_accuracy, final_test_accuracy, best_test_accuracy, final_train_accuracy,
-    final_iteration``), ``final_train_split``, ``path``, then ``pm_<tensor name>`` per
+    final_iteration``), ``final_train_split``, ``early_stop_split``, ``path``, then ``pm_<tensor name>`` per
     prunable tensor.  Runs with missing files are kept, with NaN where data is missing.
     An experiment without runs gives an empty table with these columns.
     """
@@ -203,7 +204,8 @@ def load_results(experiment_dir: str | Path) -> pd.DataFrame:
         df[column] = df[column].astype(bool)
     for column in ("pm", *METRICS, *layer_columns):
         df[column] = df[column].astype("float64")
-    df["final_train_split"] = df["final_train_split"].fillna("").astype(str)
+    for column in ("final_train_split", "early_stop_split"):
+        df[column] = df[column].fillna("").astype(str)
     return df.reset_index(drop=True)
 
 
@@ -402,6 +404,27 @@ def trials_text(agg: pd.DataFrame) -> str:
     if lo == hi:
         return f"{hi} trial{'s' if hi != 1 else ''}"
     return f"{lo}-{hi} trials (no ± where only one)"
+
+
+def averages_text(agg: pd.DataFrame) -> str:
+    """What each point averages, per level and run kind (the paper: 5 trials per point, 3 control
+    runs per trial), e.g. ``level 7 (Pm 21.0%): ticket 5 trials; reinit 15 runs (3 per trial,
+    5 trials)``."""
+    if agg.empty:
+        return "each point averages: no complete runs yet"
+    lines = ["each point averages (trials; control runs per trial):"]
+    for level in sorted(agg["level"].unique()):
+        at_level = agg[agg["level"] == level].sort_values("control", key=lambda c: c.map(control_sort_key))
+        parts = []
+        for r in at_level.itertuples(index=False):
+            runs, trials = int(r.runs), int(r.trials)
+            text = f"{control_label(r.control)} {trials} trial{'s' if trials != 1 else ''}"
+            if runs != trials:
+                per = f"{runs // trials}" if runs % trials == 0 else f"{runs / trials:.1f}"
+                text = f"{control_label(r.control)} {runs} runs ({per} per trial, {trials} trial{'s' if trials != 1 else ''})"
+            parts.append(text)
+        lines.append(f"  level {int(level)} (Pm {format_pm(at_level['pm'].iloc[0])}%): " + "; ".join(parts))
+    return "\n".join(lines)
 
 
 def format_summary(agg: pd.DataFrame) -> str:

@@ -6,7 +6,11 @@ shortcut (all other shortcuts are the identity). Batch norm follows every convol
 global average pool and a Linear 64 -> num_classes.
 
 Choices: convolutions have no bias (each is followed by batch norm, as in the common LTH/OpenLTH
-CIFAR ResNet); the 1x1 shortcut convolutions are ordinary Conv2d weights, hence prunable.
+CIFAR ResNet). 270,896 weights in all: 267,696 in the 3x3 convolutions, 2,560 in the two 1x1
+shortcut convolutions and 640 in fc. The paper prunes the 3x3 convolutions only (Frankle & Carbin
+2019, Figure 2 "conv 20%, fc 0%"; issue 12: the 1x1 downsample shortcuts are not pruned either), so
+the `resnet18` preset lists fc and both shortcuts in --never-prune (they stay masks of ones);
+`lth models` shows 267,696 prunable weights.
 
 Module names: `conv` / `bn` (the first convolution), `blocks.<i>.conv1`, `.bn1`, `.conv2`, `.bn2`,
 `.shortcut` (an `nn.Sequential` of 1x1 conv and batch norm, or `nn.Identity`), and `fc` for the
@@ -86,6 +90,7 @@ register(
         examples=("resnet18",),
         default_preset="resnet18",
         dataset="cifar10",
-        description="the paper's Resnet-18: CIFAR ResNet (He et al.) 16-32-64, 3 blocks per stage; 271K weights",
+        description=("the paper's Resnet-18: CIFAR ResNet (He et al.) 16-32-64, 3 blocks per stage; 271K weights, "
+                     "prunable: the 3x3 convolutions (not the 1x1 shortcuts, not fc)"),
     )
 )
