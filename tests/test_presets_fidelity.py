@@ -11,7 +11,7 @@ import torch
 from lottery_ticket import hparams as H
 from lottery_ticket import runner
 from lottery_ticket.cli import build_parser
-from lottery_ticket.data.datasets import TRAIN_SIZES
+from lottery_ticket.data.registry import DATASETS
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.masking import full_masks, prunable_names
 from lottery_ticket.models import build_model
@@ -73,7 +73,7 @@ def test_an_experiment_recorded_with_the_old_resnet18_preset_is_refused(tmp_path
 
 def test_original_code_preset_trains_on_all_60k_images_with_truncated_glorot():
     hp = H.preset_hparams("original-code")
-    assert hp.dataset.validation_size == 0 and TRAIN_SIZES["mnist"] == 60000
+    assert hp.dataset.validation_size == 0 and DATASETS.get("mnist").train_size == 60000
     assert hp.model.init == "glorot_truncated_normal"
     assert (hp.training.optimizer, hp.training.lr, hp.training.iterations) == ("sgd", 0.1, 50000)
     assert H.iterations_per_epoch(hp) == 60000 // 64

@@ -48,7 +48,7 @@ def test_builtin_strategies_are_registered_and_equal_the_pruning_functions():
 
 def test_unknown_strategy_names_the_registered_ones():
     hp = PRESETS["paper"][0]
-    with pytest.raises(LotteryError, match="unknown pruning strategy 'nope'; choose from layerwise, global"):
+    with pytest.raises(LotteryError, match="unknown strategy 'nope': --strategy must be one of layerwise, global"):
         validate(replace(hp, pruning=replace(hp.pruning, strategy="nope")))
 
 

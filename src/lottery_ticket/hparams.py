@@ -484,9 +484,9 @@ def validate(hp: Hparams) -> None:
 def iterations_per_epoch(hp: Hparams) -> int:
     """Iterations in one epoch: floor(training examples / batch size), as the trainer's order
     (the last partial batch of an epoch is dropped). E.g. VGG-19: 45,000 // 64 = 703."""
-    from lottery_ticket.data.datasets import TRAIN_SIZES
+    from lottery_ticket.data.registry import DATASETS
 
-    return (TRAIN_SIZES[hp.dataset.dataset] - hp.dataset.validation_size) // hp.dataset.batch_size
+    return (DATASETS.get(hp.dataset.dataset).train_size - hp.dataset.validation_size) // hp.dataset.batch_size
 
 
 def milestones(t: TrainingHparams, per_epoch: int | None = None) -> list[int]:
