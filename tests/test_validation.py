@@ -214,15 +214,15 @@ def test_a_bad_sweep_line_is_refused_before_any_line_runs(tmp_path, capsys):
 
 
 def test_every_numeric_hyperparameter_declares_its_range_and_every_choice_list_is_current():
-    from lottery_ticket.data.datasets import DATASETS
+    from lottery_ticket.data.registry import DATASETS
     from lottery_ticket.models.init import INITIALIZERS
 
     for section in H.SECTIONS.values():
         for f in fields(section):
             if H._kind(f) in (int, float):
                 assert isinstance(f.metadata.get("range"), H.Range), f.name
-    assert H.INITIALIZERS == INITIALIZERS
-    assert set(H.DATASETS) == set(DATASETS)
+    assert H._choices(H.ModelHparams.__dataclass_fields__["init"]) == list(INITIALIZERS)
+    assert H._choices(H.DatasetHparams.__dataclass_fields__["dataset"]) == DATASETS.names()
 
 
 def test_from_dict_checks_like_flags_and_reads_json_integers_as_floats():
@@ -236,11 +236,13 @@ def test_from_dict_checks_like_flags_and_reads_json_integers_as_floats():
 
 
 def test_input_shapes_match_the_datasets(mnist_root):
-    from lottery_ticket.runner import INPUT_SHAPES, NUM_CLASSES, Context, load_splits
+    """check_model builds networks for the registry's declared shapes before any data is loaded."""
+    from lottery_ticket.data.registry import DATASETS
+    from lottery_ticket.runner import Context, load_splits
 
     splits = load_splits(H.preset_hparams("paper"), Context(data_root=str(mnist_root)), None)
-    assert splits.input_shape == INPUT_SHAPES["mnist"] and splits.num_classes == NUM_CLASSES
-    assert set(INPUT_SHAPES) == set(H.DATASETS)
+    entry = DATASETS.get("mnist")
+    assert splits.input_shape == entry.input_shape and splits.num_classes == entry.num_classes
 
 
 def test_help_shows_each_numeric_hyperparameter_range(capsys):
