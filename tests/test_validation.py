@@ -8,14 +8,13 @@ raise here with its traceback and fail the test.
 import json
 import shutil
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 from conftest import lth
 from test_faults import one_line_error, snapshot
 
-from lottery_ticket import paths
 from lottery_ticket import hparams as H
+from lottery_ticket import paths
 from lottery_ticket.errors import LotteryError
 
 SMALL = ["--model", "fc_100", "--iterations", "200", "--eval-every", "100", "--quiet"]

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lottery_ticket import paths
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import INT_MAX, PRESETS, add_hparam_flags, hparams_from_args
 
@@ -145,7 +144,9 @@ def parse_levels(text: str) -> list[int]:
                 a = b = int(part)
             else:
                 continue
-            if max(a, b) > MAX_COUNT:
+            if a > b:
+                raise LotteryError(f"--levels range {part.strip()} ends before it starts; got {text!r}")
+            if b > MAX_COUNT:
                 raise LotteryError(f"--levels must name levels in [0, {MAX_COUNT}]; got {text!r}")
             levels.update(range(a, b + 1))
     except ValueError:
@@ -204,11 +205,15 @@ def _with_eval_threads(ctx, workers: int):
 
 def cmd_train(args) -> None:
     from lottery_ticket.masking import load_masks
-    from lottery_ticket.runner import default_threads, load_splits, new_model, trial_seeds
+    from lottery_ticket.runner import (
+        check_model,
+        default_threads,
+        load_splits,
+        new_model,
+        trial_seeds,
+    )
     from lottery_ticket.store import load_tensors
     from lottery_ticket.trainer import threads, train
-
-    from lottery_ticket.runner import check_model
 
     hp = hparams_from_args(args)
     check_model(hp)
@@ -266,7 +271,13 @@ def cmd_lottery(args) -> None:
 
 
 def cmd_reinit(args) -> None:
-    from lottery_ticket.runner import check_model, control_jobs, control_run, read_experiment, run_jobs
+    from lottery_ticket.runner import (
+        check_model,
+        control_jobs,
+        control_run,
+        read_experiment,
+        run_jobs,
+    )
 
     ctx = _context(args)
     _check_device(ctx.device)
