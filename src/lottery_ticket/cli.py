@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lottery_ticket import paths
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import INT_MAX, PRESETS, add_hparam_flags, hparams_from_args
 from lottery_ticket.registries import ChoicesHelp
@@ -183,7 +182,9 @@ def parse_levels(text: str) -> list[int]:
                 a = b = int(part)
             else:
                 continue
-            if max(a, b) > MAX_COUNT:
+            if a > b:
+                raise LotteryError(f"--levels range {part.strip()} ends before it starts; got {text!r}")
+            if b > MAX_COUNT:
                 raise LotteryError(f"--levels must name levels in [0, {MAX_COUNT}]; got {text!r}")
             levels.update(range(a, b + 1))
     except ValueError:
