@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lottery_ticket import paths
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import INT_MAX, PRESETS, add_hparam_flags, hparams_from_args
 from lottery_ticket.registries import ChoicesHelp
