@@ -476,9 +476,21 @@ def validate(hp: Hparams) -> None:
         )
     if t.iterations < 1 and t.epochs < 1:
         raise LotteryError("--iterations (or --epochs) must be >= 1")
-    if t.epochs == 0 and t.rewind_iteration > t.iterations:
-        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {t.iterations} training iterations")
+    if t.epochs == 0:
+        check_rewind(t, t.iterations)
     milestones(t, iterations_per_epoch(hp))
+
+
+def check_rewind(t: TrainingHparams, total: int, levels: int = 0) -> None:
+    """The one check of late rewinding against a run's `total` iterations: the rewind point must
+    be within training, and, when levels after 0 retrain from it (`levels` > 0), before its end.
+    `validate` calls it when `total` is known from the flags (--iterations), the training loops
+    when it depends on the dataset (--epochs)."""
+    if t.rewind_iteration > total:
+        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {total} training iterations")
+    if levels > 0 and t.rewind_iteration >= total > 0:
+        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} must be less than --iterations "
+                           f"{total}: levels after 0 train from the rewind iteration")
 
 
 def iterations_per_epoch(hp: Hparams) -> int:
