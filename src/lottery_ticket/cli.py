@@ -18,7 +18,13 @@ from pathlib import Path
 
 from lottery_ticket import layout
 from lottery_ticket.errors import LotteryError
-from lottery_ticket.hparams import INT_MAX, PRESETS, add_hparam_flags, check_rewind, hparams_from_args
+from lottery_ticket.hparams import (
+    INT_MAX,
+    PRESETS,
+    add_hparam_flags,
+    check_rewind,
+    hparams_from_args,
+)
 from lottery_ticket.registries import ChoicesHelp
 
 EXIT_USER_ERROR = 2
@@ -301,7 +307,13 @@ def cmd_train(args) -> None:
 
 
 def cmd_lottery(args) -> None:
-    from lottery_ticket.runner import LotteryJob, check_model, lottery_trial, prepare_experiment, run_jobs
+    from lottery_ticket.runner import (
+        LotteryJob,
+        check_model,
+        lottery_trial,
+        prepare_experiment,
+        run_jobs,
+    )
 
     hp = hparams_from_args(args)
     check_model(hp, batched=args.batched)

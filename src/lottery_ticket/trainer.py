@@ -38,21 +38,6 @@ from lottery_ticket.layout.files import (
     start_run_files,
     write_metrics,
 )
-    METRIC_COLUMNS,
-    TensorBoard,
-    TrainResult,
-    check_same_run,
-    finish_run_files,
-    load_result,
-    metrics_csv,
-    read_metrics,
-    run_record,
-    save_rewind,
-    start_run_files,
-    versions,
-    write_metrics,
-    write_run,
-)
 from lottery_ticket.lock import RunLock
 from lottery_ticket.masking import Masks, gradient_mask_pairs, mask_gradients, prepare_masks
 from lottery_ticket.store import load_tensors, state_dict_copy

@@ -34,7 +34,7 @@ from lottery_ticket.analysis.early_stopping import (
 )
 from lottery_ticket.layout import RunDir, find_runs  # noqa: F401  (re-exported: the layout owns them)
 from lottery_ticket.layout import kind_sort_key as control_sort_key
-from lottery_ticket.layout import run_kind as parse_run_name
+from lottery_ticket.layout import run_kind as parse_run_name  # noqa: F401  (re-exported)
 
 CONTROL_ORDER = layout.RUN_KINDS
 """Known run kinds, in display order (`layout.RUN_KINDS`); unknown kinds sort after these, alphabetically."""

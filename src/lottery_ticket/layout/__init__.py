@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
 TICKET = "main"  # the run name (and run kind) of the ticket itself
 CONTROLS = ("reinit", "reuse", "reuse_sign", "random")  # the control runs, as named on disk
 RUN_KINDS = (TICKET, *CONTROLS)  # known run kinds, in display order (ticket first)

@@ -33,7 +33,15 @@ from lottery_ticket.layout.metrics import (  # noqa: F401  (re-exported)
 )
 from lottery_ticket.lock import RunLock
 from lottery_ticket.masking import Masks
-from lottery_ticket.store import load_tensors, read_json, save_tensors, sha256_file, write_json, write_text_atomic
+from lottery_ticket.store import (
+    load_tensors,
+    read_json,
+    save_tensors,
+    sha256_file,
+    write_json,
+    write_text_atomic,
+)
+
 
 @dataclass
 class TrainResult:
