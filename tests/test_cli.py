@@ -10,9 +10,9 @@ from conftest import lth
 
 from lottery_ticket import layout
 from lottery_ticket.cli import parse_levels
+from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.masking import density
 from lottery_ticket.store import load_tensors, save_tensors
-from lottery_ticket.layout.files import read_metrics
 
 SHORT = ["--iterations", "200", "--eval-every", "100", "--quiet", "--threads", "1"]
 

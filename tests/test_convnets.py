@@ -19,11 +19,11 @@ from lottery_ticket.data import Splits, load_dataset
 from lottery_ticket.data.order import TrainingOrder
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import DatasetHparams, Hparams, TrainingHparams, preset_hparams
+from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.masking import full_masks, layer_kinds
 from lottery_ticket.models import build_model
 from lottery_ticket.pruning import prune_count
 from lottery_ticket.store import load_tensors, read_json
-from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.trainer import train
 
 CIFAR_SHAPE = (3, 32, 32)

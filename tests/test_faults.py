@@ -28,9 +28,9 @@ import lottery_ticket
 from lottery_ticket import layout, store
 from lottery_ticket.checkpoint import load_checkpoint
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.lock import STALE_SECONDS, RunLock
 from lottery_ticket.store import load_tensors, save_tensors, write_bytes_atomic
-from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.trainer import threads
 
 SRC = Path(lottery_ticket.__file__).resolve().parent

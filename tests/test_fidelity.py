@@ -12,8 +12,8 @@ from lottery_ticket import layout, runner
 from lottery_ticket.controls import control_init
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams, preset_hparams
-from lottery_ticket.store import load_tensors, read_json, write_json
 from lottery_ticket.layout.files import check_same_run, read_metrics, run_record
+from lottery_ticket.store import load_tensors, read_json, write_json
 from lottery_ticket.trainer import threads, train
 
 # --------------------------------------------------------------------------- 2. reuse / reuse_sign

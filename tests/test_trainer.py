@@ -10,10 +10,10 @@ import torch
 from lottery_ticket import layout
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import DatasetHparams, Hparams, TrainingHparams
+from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.lock import RunLock
 from lottery_ticket.models import build_model
 from lottery_ticket.store import load_tensors
-from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.trainer import TrainingDiverged, evaluate, train
 
 HP = Hparams(training=TrainingHparams(iterations=250, eval_every=100))
