@@ -1,8 +1,7 @@
 """The tidy results table: one row per run of an experiment directory, and its aggregates.
 
-Reads the layout of ``docs/architecture.md``::
-
-    <experiment>/trial_<t>/level_<k>/<run>/{run.json, metrics.csv, masks.safetensors, COMPLETE}
+Reads the layout of ``docs/architecture.md`` through ``lottery_ticket.layout`` (its one owner):
+every run directory of an experiment, with its run.json, metrics.csv, masks and COMPLETE.
 
 Everything here works on a *running* experiment: a run directory without ``metrics.csv``
 gets NaN metrics, one without ``masks.safetensors`` gets NaN Pm, one without ``COMPLETE``
@@ -185,7 +184,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and count over trials, per (level, control).
 
     Runs of one control at one level are pooled: with several controls per trial
-    (``reinit_0``, ``reinit_1``) all of them count.  Filter ``df`` first to choose which runs
+    (runs 0 and 1 of ``reinit``) all of them count.  Filter ``df`` first to choose which runs
     are included (e.g. ``df[df.complete]``).
 
     Columns: ``level, control, runs`` (rows pooled), ``trials`` (distinct trials),
