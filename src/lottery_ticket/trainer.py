@@ -26,7 +26,7 @@ from lottery_ticket import layout, procs
 from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.fast_optim import make_update
-from lottery_ticket.hparams import Hparams, TrainingHparams, milestones
+from lottery_ticket.hparams import Hparams, TrainingHparams, check_rewind, milestones
 from lottery_ticket.layout.files import (
     TensorBoard,
     TrainResult,
@@ -207,8 +207,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     validation = (splits.validation_x.to(device), splits.validation_y.to(device))
     test = (splits.test_x.to(device), splits.test_y.to(device))
     total = total_iterations(t, len(train_y), hp.dataset.batch_size)
-    if t.rewind_iteration > total:
-        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {total} training iterations")
+    check_rewind(t, total)  # (here too for --epochs, and for library callers)
     order = TrainingOrder(len(train_y), hp.dataset.batch_size, order_seed, device=device)
     augment = None
     if hp.dataset.augment:
