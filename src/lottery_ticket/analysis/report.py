@@ -23,10 +23,8 @@ import datetime as _dt
 import html
 import json
 import os
-import platform
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from lottery_ticket import layout
@@ -109,20 +107,13 @@ def experiment_info(experiment_dir: str | Path, results: pd.DataFrame | None = N
 
 
 def analysis_versions() -> dict[str, str]:
-    """Versions of the software that produced the report."""
+    """Versions of the software that produced the report: those a run records
+    (`layout.files.versions`) and the plotting libraries."""
     import matplotlib
-    import torch
 
-    import lottery_ticket
+    from lottery_ticket.layout.files import versions
 
-    return {
-        "python": platform.python_version(),
-        "lottery_ticket": getattr(lottery_ticket, "__version__", "?"),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "matplotlib": matplotlib.__version__,
-    }
+    return {**versions(), "pandas": pd.__version__, "matplotlib": matplotlib.__version__}
 
 
 def _value_text(value) -> str:
