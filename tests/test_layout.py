@@ -103,3 +103,15 @@ def test_one_metrics_reader(tmp_path):
     assert read_metrics(path) == rows
     table = read_metrics_table(path)
     assert list(table.itertuples(index=False, name=None)) == rows
+
+
+def test_comma_lists_are_parsed_once():
+    from lottery_ticket import hparams
+
+    t = dataclasses.replace(preset_hparams("paper").training, lr_milestones="7, 80ep,120ep")
+    hparams._milestone_entries.cache_clear()
+    assert [hparams.milestones(t, per_epoch=10) for _ in range(3)] == [[7, 800, 1200]] * 3
+    info = hparams._milestone_entries.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    p = dataclasses.replace(preset_hparams("paper").pruning, never_prune=" a.weight,,b.weight ")
+    assert hparams.never_prune(p) == ["a.weight", "b.weight"] == hparams.never_prune(p)
