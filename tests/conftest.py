@@ -82,13 +82,13 @@ def assert_same_run(a: Path, b: Path) -> None:
     """Two complete runs with the same files: tensors exactly, metrics byte for byte, settings."""
     import json
 
-    from lottery_ticket import paths
+    from lottery_ticket import layout
     from lottery_ticket.store import load_tensors
 
-    assert paths.is_complete(a) and paths.is_complete(b)
-    for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
+    assert layout.is_complete(a) and layout.is_complete(b)
+    for name in (layout.MASKS, layout.INITIAL, layout.FINAL):
         ta, tb = load_tensors(a / name), load_tensors(b / name)
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), (a, name)
-    assert (a / paths.METRICS).read_bytes() == (b / paths.METRICS).read_bytes(), a
-    ja, jb = (json.loads((r / paths.RUN_FILE).read_text()) for r in (a, b))
+    assert (a / layout.METRICS).read_bytes() == (b / layout.METRICS).read_bytes(), a
+    ja, jb = (json.loads((r / layout.RUN_FILE).read_text()) for r in (a, b))
     assert (ja["hparams"], ja["run"]) == (jb["hparams"], jb["run"])

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import lth
 
-from lottery_ticket import paths
+from lottery_ticket import layout
 from lottery_ticket.cli import parse_levels
+from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.masking import density
 from lottery_ticket.store import load_tensors, save_tensors
-from lottery_ticket.trainer import read_metrics
 
 SHORT = ["--iterations", "200", "--eval-every", "100", "--quiet", "--threads", "1"]
 
@@ -36,20 +36,20 @@ def test_lottery_layout_and_pruning_schedule(lottery):
         "output.weight": [1000, 900, 810, 729],
     }
     for level in range(4):
-        run = paths.run_dir(exp, 0, level)
-        assert paths.is_complete(run)
-        masks = load_tensors(run / paths.MASKS)
+        run = layout.run_dir(exp, 0, level)
+        assert layout.is_complete(run)
+        masks = load_tensors(run / layout.MASKS)
         for name, counts in expected.items():
             assert int(masks[name].sum()) == counts[level], (level, name)
-    assert json.loads((exp / paths.EXPERIMENT_FILE).read_text())["hparams"]["training"]["iterations"] == 2000
+    assert json.loads((exp / layout.EXPERIMENT_FILE).read_text())["hparams"]["training"]["iterations"] == 2000
 
 
 def test_lottery_resets_to_level0_initial_weights_and_keeps_pruned_weights_zero(lottery):
     exp, _ = lottery
-    initial0 = load_tensors(paths.run_dir(exp, 0, 0) / paths.INITIAL)
+    initial0 = load_tensors(layout.run_dir(exp, 0, 0) / layout.INITIAL)
     for level in range(4):
-        run = paths.run_dir(exp, 0, level)
-        masks, initial, final = (load_tensors(run / f) for f in (paths.MASKS, paths.INITIAL, paths.FINAL))
+        run = layout.run_dir(exp, 0, level)
+        masks, initial, final = (load_tensors(run / f) for f in (layout.MASKS, layout.INITIAL, layout.FINAL))
         for name, mask in masks.items():
             kept = mask == 1
             assert torch.equal(initial[name][kept], initial0[name][kept])
@@ -65,18 +65,18 @@ def test_logged_test_accuracy_is_that_of_the_saved_final_weights(lottery):
 
     exp, root = lottery
     splits = load_dataset("mnist", root, quiet=True)
-    run = paths.run_dir(exp, 0, 3)
+    run = layout.run_dir(exp, 0, 3)
     model = build_model("lenet_300_100", seed=0)
-    model.load_state_dict(load_tensors(run / paths.FINAL))
+    model.load_state_dict(load_tensors(run / layout.FINAL))
     _, acc = evaluate(model, splits.test_x, splits.test_y)
-    logged = [r for r in read_metrics(run / paths.METRICS) if r[1] == "test"][-1]
+    logged = [r for r in read_metrics(run / layout.METRICS) if r[1] == "test"][-1]
     assert logged[3] == acc
     assert acc > 0.95
 
 
 def test_rerun_skips_completed_levels_and_refuses_different_hparams(lottery, capsys):
     exp, root = lottery
-    final = paths.run_dir(exp, 0, 3) / paths.FINAL
+    final = layout.run_dir(exp, 0, 3) / layout.FINAL
     mtime = final.stat().st_mtime_ns
     assert lth("lottery", "--levels", 3, "--iterations", 2000, "--output-dir", exp, "--data-root", root,
                "--quiet", "--workers", 1) == 0
@@ -94,12 +94,12 @@ def test_controls_use_the_ticket_masks(lottery, control):
     # control runs use the experiment's hyperparameters (2,000 iterations here)
     assert lth("reinit", "--experiment", exp, "--control", control, "--levels", "2", "--runs", 1,
                "--data-root", root, "--quiet", "--workers", 1, "--threads", 1) == 0
-    run = paths.run_dir(exp, 0, 2, control, 0)
-    assert paths.is_complete(run)
-    ticket_masks = load_tensors(paths.run_dir(exp, 0, 2) / paths.MASKS)
-    masks = load_tensors(run / paths.MASKS)
-    initial = load_tensors(run / paths.INITIAL)
-    original = load_tensors(paths.run_dir(exp, 0, 0) / paths.INITIAL)
+    run = layout.run_dir(exp, 0, 2, control, 0)
+    assert layout.is_complete(run)
+    ticket_masks = load_tensors(layout.run_dir(exp, 0, 2) / layout.MASKS)
+    masks = load_tensors(run / layout.MASKS)
+    initial = load_tensors(run / layout.INITIAL)
+    original = load_tensors(layout.run_dir(exp, 0, 0) / layout.INITIAL)
     name = "hidden.0.weight"
     if control == "random":
         assert int(masks[name].sum()) == int(ticket_masks[name].sum())
@@ -119,12 +119,12 @@ def test_controls_use_the_ticket_masks(lottery, control):
 
 def test_train_with_masks_and_presets_and_mask_errors(lottery, tmp_path, capsys):
     exp, root = lottery
-    level2 = paths.run_dir(exp, 0, 2)
+    level2 = layout.run_dir(exp, 0, 2)
     out = tmp_path / "one"
-    assert lth("train", "--output-dir", out, "--masks", level2 / paths.MASKS, "--presets",
-               paths.run_dir(exp, 0, 0) / paths.INITIAL, "--data-root", root, *SHORT) == 0
-    assert density(load_tensors(out / paths.MASKS)) == pytest.approx(density(load_tensors(level2 / paths.MASKS)))
-    bad = load_tensors(level2 / paths.MASKS)
+    assert lth("train", "--output-dir", out, "--masks", level2 / layout.MASKS, "--presets",
+               layout.run_dir(exp, 0, 0) / layout.INITIAL, "--data-root", root, *SHORT) == 0
+    assert density(load_tensors(out / layout.MASKS)) == pytest.approx(density(load_tensors(level2 / layout.MASKS)))
+    bad = load_tensors(level2 / layout.MASKS)
     bad["output.weight"] = bad["output.weight"] * 0.5
     save_tensors(tmp_path / "bad.safetensors", bad)
     assert lth("train", "--output-dir", tmp_path / "b1", "--masks", tmp_path / "bad.safetensors",
@@ -135,7 +135,7 @@ def test_train_with_masks_and_presets_and_mask_errors(lottery, tmp_path, capsys)
     assert lth("train", "--output-dir", tmp_path / "b2", "--masks", tmp_path / "wrong.safetensors",
                "--data-root", root, *SHORT) == 2
     assert "hidden.9.weight" in capsys.readouterr().err
-    (tmp_path / "trunc.safetensors").write_bytes((level2 / paths.MASKS).read_bytes()[:100])
+    (tmp_path / "trunc.safetensors").write_bytes((level2 / layout.MASKS).read_bytes()[:100])
     assert lth("train", "--output-dir", tmp_path / "b3", "--masks", tmp_path / "trunc.safetensors",
                "--data-root", root, *SHORT) == 2
     assert "corrupted" in capsys.readouterr().err
@@ -151,7 +151,7 @@ def test_sweep_runs_each_line_once(lottery, tmp_path, capsys):
     )
     script.chmod(0o755)
     assert lth("sweep", script, "--workers", 2, "--threads", 1) == 0
-    finals = [tmp_path / "sweep" / f"lr_{lr}" / paths.FINAL for lr in ("0.001", "0.002")]
+    finals = [tmp_path / "sweep" / f"lr_{lr}" / layout.FINAL for lr in ("0.001", "0.002")]
     mtimes = [f.stat().st_mtime_ns for f in finals]
     assert lth("sweep", script, "--workers", 1) == 0
     assert [f.stat().st_mtime_ns for f in finals] == mtimes  # complete runs are skipped

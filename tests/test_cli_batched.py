@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import assert_same_run, lth
 
-from lottery_ticket import paths
+from lottery_ticket import layout
 from lottery_ticket.store import load_tensors
 from lottery_ticket.trainer import threads
 
@@ -28,9 +28,9 @@ def test_batched_lottery_writes_what_the_per_trial_path_writes(experiments):
     separate, batched, _ = experiments
     for trial in (0, 1):
         for level in (0, 1):
-            assert_same_run(paths.run_dir(separate, trial, level), paths.run_dir(batched, trial, level))
-    assert (load_tensors(paths.run_dir(batched, 0, 1) / paths.MASKS)["hidden.0.weight"].mean() < 1)  # pruned
-    assert not (batched / paths.BATCHED_CHECKPOINTS).exists()
+            assert_same_run(layout.run_dir(separate, trial, level), layout.run_dir(batched, trial, level))
+    assert (load_tensors(layout.run_dir(batched, 0, 1) / layout.MASKS)["hidden.0.weight"].mean() < 1)  # pruned
+    assert not (batched / layout.BATCHED_CHECKPOINTS).exists()
 
 
 def test_batched_controls_write_what_separate_runs_write(experiments, tmp_path):
@@ -44,8 +44,8 @@ def test_batched_controls_write_what_separate_runs_write(experiments, tmp_path):
     for trial in (0, 1):
         for level in (0, 1):
             for run in (0, 1):
-                assert_same_run(*(paths.run_dir(e, trial, level, "reinit", run) for e in copies.values()))
+                assert_same_run(*(layout.run_dir(e, trial, level, "reinit", run) for e in copies.values()))
     # the two runs of one level are different runs (fresh seeds), not copies
-    r0, r1 = (load_tensors(paths.run_dir(copies["batched"], 0, 1, "reinit", r) / paths.INITIAL) for r in (0, 1))
+    r0, r1 = (load_tensors(layout.run_dir(copies["batched"], 0, 1, "reinit", r) / layout.INITIAL) for r in (0, 1))
     assert not torch.equal(r0["output.weight"], r1["output.weight"])
-    assert not (copies["batched"] / paths.BATCHED_CHECKPOINTS).exists()
+    assert not (copies["batched"] / layout.BATCHED_CHECKPOINTS).exists()

@@ -13,17 +13,18 @@ import pytest
 import torch
 from conftest import lth, real_data_root, synthetic_splits
 
-from lottery_ticket import paths, runner
+from lottery_ticket import layout, runner
 from lottery_ticket.cli import _check_device
 from lottery_ticket.data import Splits, load_dataset
 from lottery_ticket.data.order import TrainingOrder
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import DatasetHparams, Hparams, TrainingHparams, preset_hparams
+from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.masking import full_masks, layer_kinds
 from lottery_ticket.models import build_model
 from lottery_ticket.pruning import prune_count
 from lottery_ticket.store import load_tensors, read_json
-from lottery_ticket.trainer import read_metrics, train
+from lottery_ticket.trainer import train
 
 CIFAR_SHAPE = (3, 32, 32)
 CONV_MODELS = ("conv2", "conv4", "conv6", "vgg19", "resnet18")
@@ -177,19 +178,19 @@ def rewinding(tmp_path_factory, mnist_root):
 
 def test_late_rewinding_level0_saves_the_iteration_100_weights(rewinding):
     exp, root = rewinding
-    level0 = paths.run_dir(exp, 0, 0)
-    assert paths.is_complete(level0)
-    rewind = load_tensors(level0 / paths.REWIND)
-    initial, final = load_tensors(level0 / paths.INITIAL), load_tensors(level0 / paths.FINAL)
+    level0 = layout.run_dir(exp, 0, 0)
+    assert layout.is_complete(level0)
+    rewind = load_tensors(level0 / layout.REWIND)
+    initial, final = load_tensors(level0 / layout.INITIAL), load_tensors(level0 / layout.FINAL)
     assert set(rewind) == set(initial)
     assert not torch.equal(rewind["hidden.0.weight"], initial["hidden.0.weight"])
     assert not torch.equal(rewind["hidden.0.weight"], final["hidden.0.weight"])
 
     # Train level 0 again, stopping at iteration 100: the same weights, bit for bit.
-    record = read_json(exp / paths.EXPERIMENT_FILE)
+    record = read_json(exp / layout.EXPERIMENT_FILE)
     hp = Hparams.from_dict(record["hparams"])
     assert hp.training.rewind_iteration == 100 and hp.model.model == "fc_100"
-    seeds = read_json(level0 / paths.RUN_FILE)["run"]["seeds"]  # this run's data order
+    seeds = read_json(level0 / layout.RUN_FILE)["run"]["seeds"]  # this run's data order
     splits = runner.load_splits(hp, runner.Context(data_root=str(root)), seeds["labels"])
     again = train(runner.new_model(hp, splits, seeds["model"]), splits, hp, order_seed=seeds["order"],
                   stop_after=100)
@@ -200,21 +201,21 @@ def test_late_rewinding_level0_saves_the_iteration_100_weights(rewinding):
 
 def test_late_rewinding_level1_starts_from_the_masked_rewind_weights_at_iteration_100(rewinding):
     exp, _ = rewinding
-    rewind = load_tensors(paths.run_dir(exp, 0, 0) / paths.REWIND)
-    level1 = paths.run_dir(exp, 0, 1)
-    assert paths.is_complete(level1)
-    masks, initial = load_tensors(level1 / paths.MASKS), load_tensors(level1 / paths.INITIAL)
+    rewind = load_tensors(layout.run_dir(exp, 0, 0) / layout.REWIND)
+    level1 = layout.run_dir(exp, 0, 1)
+    assert layout.is_complete(level1)
+    masks, initial = load_tensors(level1 / layout.MASKS), load_tensors(level1 / layout.INITIAL)
     assert {n: int(m.sum()) for n, m in masks.items()} == {  # fc 20%, output 10%
         "hidden.0.weight": 78400 - 15680, "output.weight": 1000 - 100}
     for name, value in initial.items():
         expected = rewind[name] * masks[name] if name in masks else rewind[name]
         assert torch.equal(value, expected), name
-    rows = read_metrics(level1 / paths.METRICS)
+    rows = read_metrics(level1 / layout.METRICS)
     assert min(it for it, *_ in rows) == 100
     assert sorted(rows_of(rows, "validation")) == sorted(rows_of(rows, "test")) == [100, 200, 300]
     assert sorted(rows_of(rows, "train_batch")) == [200, 300]
     assert sorted(rows_of(rows, "train")) == [300]
-    final = load_tensors(level1 / paths.FINAL)
+    final = load_tensors(level1 / layout.FINAL)
     assert all(torch.all(final[n][m == 0] == 0) for n, m in masks.items())
 
 
@@ -263,12 +264,12 @@ def test_conv2_on_cifar10_learns_through_lth_train(cifar, tmp_path, monkeypatch)
     assert code == 0
     (hp,) = seen
     assert (hp.model.model, hp.training.optimizer, hp.training.lr, hp.dataset.batch_size) == ("conv2", "adam", 2e-4, 60)
-    rows = read_metrics(out / paths.METRICS)
+    rows = read_metrics(out / layout.METRICS)
     validation, test = rows_of(rows, "validation"), rows_of(rows, "test")
     assert sorted(validation) == sorted(test) == [0, 12]
     assert validation[12][0] < validation[0][0] - 0.1
     assert validation[12][1] > 0.15 and test[12][1] > 0.15  # chance is 0.10
-    assert paths.is_complete(out)
+    assert layout.is_complete(out)
 
 
 @pytest.mark.parametrize("name, first_conv", [("conv2", "convs.0.weight"), ("resnet18", "conv.weight")])
@@ -282,19 +283,19 @@ def test_augment_on_cifar10(cifar, tmp_path, monkeypatch, name, first_conv):
     code = lth("train", "--model", name, "--preset", "paper", "--augment", "--batch-size", 10,
                "--iterations", 2, "--eval-every", 2, "--output-dir", out, "--data-root", root, "--quiet")
     assert code == 0
-    record = read_json(out / paths.RUN_FILE)
+    record = read_json(out / layout.RUN_FILE)
     hp = Hparams.from_dict(record["hparams"])
     assert hp.dataset.augment is True
     if name == "resnet18":
         assert (hp.training.optimizer, hp.training.momentum, hp.training.warmup_iterations) == ("sgd", 0.9, 20000)
-    final = load_tensors(out / paths.FINAL)
-    assert all(math.isfinite(loss) for _, _, loss, _ in read_metrics(out / paths.METRICS))
+    final = load_tensors(out / layout.FINAL)
+    assert all(math.isfinite(loss) for _, _, loss, _ in read_metrics(out / layout.METRICS))
     # The same run without augmentation ends elsewhere: the flag reached the training loop. (The
     # runner's 63-bit order seeds used to overflow the augmentation seed: every --augment run failed.)
     seeds = record["run"]["seeds"]
     plain_hp = replace(hp, dataset=replace(hp.dataset, augment=False))
     plain = train(runner.new_model(plain_hp, small, seeds["model"]), small, plain_hp, order_seed=seeds["order"])
-    assert torch.equal(plain.initial[first_conv], load_tensors(out / paths.INITIAL)[first_conv])
+    assert torch.equal(plain.initial[first_conv], load_tensors(out / layout.INITIAL)[first_conv])
     assert not torch.equal(plain.final[first_conv], final[first_conv])
 
 
@@ -319,17 +320,17 @@ def conv_controls(cifar, tmp_path_factory):
 
 def ticket_and_control(exp, control: str):
     """Level 1's ticket masks, the original initial weights, and the complete control run's dir."""
-    ticket = load_tensors(paths.run_dir(exp, 0, 1) / paths.MASKS)
-    original = load_tensors(paths.run_dir(exp, 0, 0) / paths.INITIAL)
-    run = paths.run_dir(exp, 0, 1, control, 0)
-    assert paths.is_complete(run)
+    ticket = load_tensors(layout.run_dir(exp, 0, 1) / layout.MASKS)
+    original = load_tensors(layout.run_dir(exp, 0, 0) / layout.INITIAL)
+    run = layout.run_dir(exp, 0, 1, control, 0)
+    assert layout.is_complete(run)
     return ticket, original, run
 
 
 def test_random_control_keeps_the_per_layer_counts_of_the_ticket(conv_controls):
     ticket, original, run = ticket_and_control(conv_controls, "random")
-    assert read_json(run / paths.RUN_FILE)["run"]["control"] == "random"
-    masks, initial, final = (load_tensors(run / f) for f in (paths.MASKS, paths.INITIAL, paths.FINAL))
+    assert read_json(run / layout.RUN_FILE)["run"]["control"] == "random"
+    masks, initial, final = (load_tensors(run / f) for f in (layout.MASKS, layout.INITIAL, layout.FINAL))
     assert set(masks) == set(ticket)
     for name, mask in masks.items():
         assert int(mask.sum()) == int(ticket[name].sum()) < mask.numel(), name
@@ -342,7 +343,7 @@ def test_random_control_keeps_the_per_layer_counts_of_the_ticket(conv_controls):
 
 def test_reuse_sign_control_keeps_the_original_signs(conv_controls):
     ticket, original, run = ticket_and_control(conv_controls, "reuse_sign")
-    masks, initial = load_tensors(run / paths.MASKS), load_tensors(run / paths.INITIAL)
+    masks, initial = load_tensors(run / layout.MASKS), load_tensors(run / layout.INITIAL)
     assert set(masks) == set(ticket) and all(torch.equal(masks[n], ticket[n]) for n in ticket)
     for name, mask in masks.items():
         kept = mask == 1

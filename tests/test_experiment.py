@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lottery_ticket import paths
+from lottery_ticket import layout
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.experiment import experiment
 from lottery_ticket.masking import apply_presets
@@ -48,12 +48,12 @@ def test_experiment_trains_prunes_resets_and_retrains():
 
 
 def test_paths_layout():
-    assert paths.run_dir("e", 2, 3) == paths.level_dir("e", 2, 3) / "main"
-    assert str(paths.run_dir("e", 0, 1, "reuse_sign", 4)).endswith("trial_0/level_1/reuse_sign_4")
-    assert paths.parse_run_name("reuse_sign_4") == ("reuse_sign", 4)
-    assert paths.parse_run_name("reuse_2") == ("reuse", 2)
-    assert paths.parse_run_name("main") == ("main", 0)
-    assert paths.parse_run_name("junk") is None
+    assert layout.run_dir("e", 2, 3) == layout.level_dir("e", 2, 3) / "main"
+    assert str(layout.run_dir("e", 0, 1, "reuse_sign", 4)).endswith("trial_0/level_1/reuse_sign_4")
+    assert layout.parse_run_name("reuse_sign_4") == ("reuse_sign", 4)
+    assert layout.parse_run_name("reuse_2") == ("reuse", 2)
+    assert layout.parse_run_name("main") == ("main", 0)
+    assert layout.parse_run_name("junk") is None
 
 
 def test_tensor_and_json_files_round_trip_and_damage_is_reported(tmp_path):

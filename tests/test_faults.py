@@ -25,12 +25,13 @@ import torch
 from conftest import assert_same_run, lth
 
 import lottery_ticket
-from lottery_ticket import paths, store
+from lottery_ticket import layout, store
 from lottery_ticket.checkpoint import load_checkpoint
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.lock import STALE_SECONDS, RunLock
 from lottery_ticket.store import load_tensors, save_tensors, write_bytes_atomic
-from lottery_ticket.trainer import read_metrics, threads
+from lottery_ticket.trainer import threads
 
 SRC = Path(lottery_ticket.__file__).resolve().parent
 # fc_100 keeps every run small; the code paths are those of LeNet-300-100 (same fast MLP trainer).
@@ -66,7 +67,7 @@ def experiments(tmp_path_factory, mnist_root):
 
 def assert_same_runs(a: Path, b: Path, runs: list[tuple[int, int, str]]) -> None:
     for trial, level, control in runs:
-        assert_same_run(*(paths.run_dir(e, trial, level, control, 0) for e in (a, b)))
+        assert_same_run(*(layout.run_dir(e, trial, level, control, 0) for e in (a, b)))
 
 
 # --------------------------------------------------------------------------- 1. worker counts
@@ -76,7 +77,7 @@ def test_lottery_results_do_not_depend_on_the_number_of_workers(experiments):
     one, two, _ = experiments
     assert_same_runs(one, two, [(t, lv, "main") for t in (0, 1) for lv in (0, 1)])
     # the trials really differ, so the comparison above is not between copies of one run
-    first, second = (load_tensors(paths.run_dir(one, t, 0) / paths.INITIAL) for t in (0, 1))
+    first, second = (load_tensors(layout.run_dir(one, t, 0) / layout.INITIAL) for t in (0, 1))
     assert not torch.equal(first["output.weight"], second["output.weight"])
     assert not leftovers(one) and not leftovers(two)
 
@@ -117,9 +118,9 @@ def test_divergence_through_the_cli_keeps_the_files_and_repeats_identically(tmp_
     assert lth(*argv) == 2
     err = capsys.readouterr().err
     bad = diverged_iteration(err)
-    assert 1 <= bad < 100 and "no checkpoint was written" in err and str(out / paths.METRICS) in err
-    assert [r[0] for r in read_metrics(out / paths.METRICS)] == [0, 0]  # validation and test at 0
-    assert not paths.is_complete(out) and not (out / paths.FINAL).exists()
+    assert 1 <= bad < 100 and "no checkpoint was written" in err and str(out / layout.METRICS) in err
+    assert [r[0] for r in read_metrics(out / layout.METRICS)] == [0, 0]  # validation and test at 0
+    assert not layout.is_complete(out) and not (out / layout.FINAL).exists()
     assert not leftovers(out)
     kept = snapshot(out)
     assert lth(*argv) == 2
@@ -127,7 +128,7 @@ def test_divergence_through_the_cli_keeps_the_files_and_repeats_identically(tmp_
     again = snapshot(out)
     assert {k: v for k, v in again.items() if "tensorboard" not in k} == {
         k: v for k, v in kept.items() if "tensorboard" not in k}
-    assert not paths.is_complete(out) and not leftovers(out)
+    assert not layout.is_complete(out) and not leftovers(out)
 
     # 2) after a checkpoint: lr x 1e7 at iteration 150 diverges between two evaluations
     out = tmp_path / "late"
@@ -137,10 +138,10 @@ def test_divergence_through_the_cli_keeps_the_files_and_repeats_identically(tmp_
     err = capsys.readouterr().err
     bad = diverged_iteration(err)
     assert 150 < bad <= 300 and "last good checkpoint in" in err
-    rows = read_metrics(out / paths.METRICS)
+    rows = read_metrics(out / layout.METRICS)
     assert rows[-1][0] >= 100 and all(r[0] < bad for r in rows)
     assert all(r[2] == r[2] for r in rows)  # no NaN was logged
-    assert (out / paths.CHECKPOINT / "state.safetensors").is_file() and not paths.is_complete(out)
+    assert (out / layout.CHECKPOINT / "state.safetensors").is_file() and not layout.is_complete(out)
     kept = snapshot(out)
     assert lth(*argv) == 2  # resumes from the checkpoint and diverges again, identically
     assert capsys.readouterr().err == err
@@ -180,7 +181,7 @@ def test_full_disk_keeps_complete_results_and_leaves_no_temp_files(experiments, 
     one, _, root = experiments
     exp = tmp_path / "exp"
     shutil.copytree(one, exp)
-    target = paths.level_dir(exp, 0, 2)
+    target = layout.level_dir(exp, 0, 2)
     real_mkstemp = tempfile.mkstemp
 
     def full_mkstemp(*args, dir=None, **kwargs):
@@ -270,7 +271,7 @@ def test_real_full_and_read_only_filesystems(experiments, tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()[-200:]}")
     assert proc.returncode == 0, proc.stderr
     results = json.loads((out / "results.json").read_text())
-    level2 = paths.level_dir(full / "exp", 0, 2)
+    level2 = layout.level_dir(full / "exp", 0, 2)
     assert results["full"]["code"] == 2
     one_line_error(results["full"]["stderr"], "no space left on device", str(level2))
     assert results["lock"]["code"] == 2
@@ -463,7 +464,7 @@ def test_invalid_flags_are_one_line_and_write_nothing(experiments, tmp_path, cap
     shutil.copytree(one, exp)
     before = snapshot(exp)
     same = ["lottery", "--trials", 2, *EXP_FLAGS, "--workers", 1, "--data-root", root]
-    run = paths.run_dir(exp, 0, 1)
+    run = layout.run_dir(exp, 0, 1)
     cases = [
         ([*same, "--levels", -1, "--output-dir", exp], "--levels"),
         ([*same, "--levels", 1, "--trials", 0, "--output-dir", exp], "--trials"),
@@ -571,7 +572,7 @@ def test_training_recovers_a_run_whose_lock_file_was_left_empty(tmp_path, splits
     _age(out / ".lock", 2 * STALE_SECONDS)
     hp = Hparams(training=TrainingHparams(iterations=20, eval_every=10))
     train(build_model("fc_10", seed=0), splits, hp, order_seed=0, output_dir=out)
-    assert paths.is_complete(out) and not leftovers(out)
+    assert layout.is_complete(out) and not leftovers(out)
 
 
 def test_lock_outside_a_directory_is_a_user_error(tmp_path):

@@ -8,12 +8,13 @@ import pytest
 import torch
 from conftest import assert_same_run, lth
 
-from lottery_ticket import paths, runner
+from lottery_ticket import layout, runner
 from lottery_ticket.controls import control_init
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams, preset_hparams
+from lottery_ticket.layout.files import check_same_run, read_metrics, run_record
 from lottery_ticket.store import load_tensors, read_json, write_json
-from lottery_ticket.trainer import check_same_run, read_metrics, run_record, threads, train
+from lottery_ticket.trainer import threads, train
 
 # --------------------------------------------------------------------------- 2. reuse / reuse_sign
 
@@ -90,7 +91,7 @@ def test_old_records_are_read_as_what_they_ran():
 
 def test_an_old_experiment_is_refused_with_the_diff_and_resumes_with_its_old_flags(tmp_path):
     hp = preset_hparams("paper")
-    write_json(tmp_path / paths.EXPERIMENT_FILE, {"kind": "lottery", "hparams": old_hparams(hp), "seed": 0})
+    write_json(tmp_path / layout.EXPERIMENT_FILE, {"kind": "lottery", "hparams": old_hparams(hp), "seed": 0})
     with pytest.raises(LotteryError, match=r"training\.same_order_per_trial: True -> False"):
         runner.prepare_experiment(tmp_path, hp, 0)
     old_way = replace(hp, training=replace(hp.training, same_order_per_trial=True))
@@ -98,7 +99,7 @@ def test_an_old_experiment_is_refused_with_the_diff_and_resumes_with_its_old_fla
     run = tmp_path / "run"
     run.mkdir()
     info = {"trial": 0, "level": 0, "control": "main", "run_index": 0}
-    write_json(run / paths.RUN_FILE, {"hparams": old_hparams(hp), "run": info})
+    write_json(run / layout.RUN_FILE, {"hparams": old_hparams(hp), "run": info})
     check_same_run(run, run_record(old_way, info))
     with pytest.raises(LotteryError, match="same_order_per_trial"):
         check_same_run(run, run_record(hp, info))
@@ -125,15 +126,15 @@ def rewound(tmp_path_factory, mnist_root):
 @pytest.mark.parametrize("control", ["random", "reinit", "reuse"])
 def test_controls_under_late_rewinding_start_at_the_rewind_iteration(rewound, control):
     exp, root = rewound
-    run = paths.run_dir(exp, 0, 1, control, 0)
-    record = read_json(run / paths.RUN_FILE)
+    run = layout.run_dir(exp, 0, 1, control, 0)
+    record = read_json(run / layout.RUN_FILE)
     assert record["hparams"]["training"]["rewind_iteration"] == 100
-    rows = read_metrics(run / paths.METRICS)
+    rows = read_metrics(run / layout.METRICS)
     assert sorted(it for it, split, *_ in rows if split == "validation") == [100, 200, 300]
-    initial, masks = load_tensors(run / paths.INITIAL), load_tensors(run / paths.MASKS)
-    level0 = paths.run_dir(exp, 0, 0)
-    rewind, start = load_tensors(level0 / paths.REWIND), load_tensors(level0 / paths.INITIAL)
-    ticket_masks = load_tensors(paths.run_dir(exp, 0, 1) / paths.MASKS)
+    initial, masks = load_tensors(run / layout.INITIAL), load_tensors(run / layout.MASKS)
+    level0 = layout.run_dir(exp, 0, 0)
+    rewind, start = load_tensors(level0 / layout.REWIND), load_tensors(level0 / layout.INITIAL)
+    ticket_masks = load_tensors(layout.run_dir(exp, 0, 1) / layout.MASKS)
     name = "hidden.0.weight"
     kept = masks[name] == 1
     if control == "random":  # the rewound weights with a random mask
@@ -154,7 +155,7 @@ def test_controls_under_late_rewinding_start_at_the_rewind_iteration(rewound, co
     with threads(1):
         again = train(runner.new_model(hp, splits, 0, presets=initial), splits, hp, order_seed=seeds["order"],
                       masks=masks, start_iteration=100)
-    final = load_tensors(run / paths.FINAL)
+    final = load_tensors(run / layout.FINAL)
     assert all(torch.equal(again.final[k], final[k]) for k in final)
 
 
@@ -167,17 +168,17 @@ def test_batched_controls_under_late_rewinding_write_what_separate_runs_write(re
     with threads(1):
         assert lth("reinit", "--experiment", copy, "--control", "random", "--levels", 1, "--runs", 1, "--batched",
                    "--data-root", root, "--quiet", "--threads", 1) == 0
-    assert_same_run(paths.run_dir(exp, 0, 1, "random", 0), paths.run_dir(copy, 0, 1, "random", 0))
+    assert_same_run(layout.run_dir(exp, 0, 1, "random", 0), layout.run_dir(copy, 0, 1, "random", 0))
 
 
 def test_every_run_draws_its_own_recorded_data_order(rewound):
     exp, _ = rewound
-    seed = read_json(exp / paths.EXPERIMENT_FILE)["seed"]
-    runs = {(0, "main"): paths.run_dir(exp, 0, 0), (1, "main"): paths.run_dir(exp, 0, 1)}
-    runs.update({(1, c): paths.run_dir(exp, 0, 1, c, 0) for c in ("random", "reinit", "reuse")})
+    seed = read_json(exp / layout.EXPERIMENT_FILE)["seed"]
+    runs = {(0, "main"): layout.run_dir(exp, 0, 0), (1, "main"): layout.run_dir(exp, 0, 1)}
+    runs.update({(1, c): layout.run_dir(exp, 0, 1, c, 0) for c in ("random", "reinit", "reuse")})
     orders = {}
     for (level, control), run in runs.items():
-        orders[level, control] = read_json(run / paths.RUN_FILE)["run"]["seeds"]["order"]
+        orders[level, control] = read_json(run / layout.RUN_FILE)["run"]["seeds"]["order"]
         assert orders[level, control] == runner.derive_seed("order", seed, 0, level, control, 0)
     assert len(set(orders.values())) == len(orders)
 
@@ -189,11 +190,11 @@ def test_same_order_per_trial_keeps_one_order_for_every_run(tmp_path, mnist_root
                    "--data-root", mnist_root) == 0
         assert lth("reinit", "--experiment", exp, "--control", "reinit", "--levels", 1, "--runs", 1,
                    "--data-root", mnist_root, "--quiet", "--workers", 1, "--threads", 1) == 0
-    record = read_json(exp / paths.EXPERIMENT_FILE)
+    record = read_json(exp / layout.EXPERIMENT_FILE)
     assert record["hparams"]["training"]["same_order_per_trial"] is True
     trial_order = runner.trial_seeds(record["seed"], 0)["order"]
-    for run in (paths.run_dir(exp, 0, 0), paths.run_dir(exp, 0, 1), paths.run_dir(exp, 0, 1, "reinit", 0)):
-        assert read_json(run / paths.RUN_FILE)["run"]["seeds"]["order"] == trial_order
+    for run in (layout.run_dir(exp, 0, 0), layout.run_dir(exp, 0, 1), layout.run_dir(exp, 0, 1, "reinit", 0)):
+        assert read_json(run / layout.RUN_FILE)["run"]["seeds"]["order"] == trial_order
 
 
 def test_run_order_seeds_differ_by_trial_level_control_and_run():

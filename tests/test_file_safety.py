@@ -23,7 +23,7 @@ from conftest import lth
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lottery_ticket import paths
+from lottery_ticket import layout
 from lottery_ticket.trainer import threads
 
 EXP_FLAGS = ["--model", "fc_100", "--iterations", "200", "--eval-every", "100", "--quiet"]
@@ -81,7 +81,7 @@ def test_train_refuses_a_directory_of_other_files_and_never_deletes_them(tmp_pat
     (Path("proj") / ".notes.tmp").write_text("mine\n")  # a dot-temp name, but not one of our files
     (Path("proj") / ".metrics.csv.ab12cd34.tmp").write_text("killed writer\n")  # one of ours: cleaned
     assert lth("train", *EXP_FLAGS, "--output-dir", "proj", "--force", "--data-root", mnist_root) == 0
-    assert paths.is_complete("proj")
+    assert layout.is_complete("proj")
     assert (deep / ".draft.tmp").read_text() == "important\n"
     assert (Path("proj") / ".notes.tmp").read_text() == "mine\n"
     assert not (Path("proj") / ".metrics.csv.ab12cd34.tmp").exists()
@@ -93,13 +93,13 @@ def test_train_accepts_its_own_run_directory_and_explains_force_in_help(tmp_path
     out = tmp_path / "run"
     assert lth("train", *EXP_FLAGS, "--output-dir", out, "--data-root", mnist_root) == 0
     (out / ".final.safetensors.x1y2z3w4.tmp").write_bytes(b"half")  # a killed writer's leftover
-    (out / paths.LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
-    assert paths.foreign_entries(out) == []
-    (out / paths.LOCK).unlink()
+    (out / layout.LOCK).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    assert layout.foreign_entries(out) == []
+    (out / layout.LOCK).unlink()
     assert lth("train", *EXP_FLAGS, "--output-dir", out, "--data-root", mnist_root) == 0  # complete: loaded
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert paths.foreign_entries(empty) == []
+    assert layout.foreign_entries(empty) == []
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
     assert "--force" in help_text and "not this run's" in help_text
 
@@ -143,17 +143,17 @@ def test_complete_runs_record_the_digest_of_every_result_file(experiment):
     exp = experiment[0]
     for trial in (0, 1):
         for level in (0, 1):
-            run = paths.run_dir(exp, trial, level)
-            digests = json.loads((run / paths.COMPLETE).read_text())["sha256"]
-            present = [n for n in paths.RESULT_FILES if (run / n).exists()]
-            assert sorted(digests) == sorted(present) and paths.FINAL in digests and paths.METRICS in digests
+            run = layout.run_dir(exp, trial, level)
+            digests = json.loads((run / layout.COMPLETE).read_text())["sha256"]
+            present = [n for n in layout.RESULT_FILES if (run / n).exists()]
+            assert sorted(digests) == sorted(present) and layout.FINAL in digests and layout.METRICS in digests
             for name, digest in digests.items():
                 assert hashlib.sha256((run / name).read_bytes()).hexdigest() == digest
 
 
 def test_truncated_metrics_in_a_complete_run_is_an_error_in_report_not_wrong_numbers(experiment, tmp_path, capsys):
     exp = _copy(experiment, tmp_path)
-    damaged = paths.run_dir(exp, 1, 0) / paths.METRICS
+    damaged = layout.run_dir(exp, 1, 0) / layout.METRICS
     text = damaged.read_text()
     damaged.write_text(text[: text.index("\n100,") + 1])  # the rows from iteration 100 on are gone
     before = snapshot(exp)
@@ -164,7 +164,7 @@ def test_truncated_metrics_in_a_complete_run_is_an_error_in_report_not_wrong_num
 
 def test_truncated_masks_in_a_complete_run_is_an_error_in_report(experiment, tmp_path, capsys):
     exp = _copy(experiment, tmp_path)
-    damaged = paths.run_dir(exp, 0, 1) / paths.MASKS
+    damaged = layout.run_dir(exp, 0, 1) / layout.MASKS
     damaged.write_bytes(damaged.read_bytes()[:1000])
     before = snapshot(exp)
     assert lth("report", exp) == 2
@@ -179,7 +179,7 @@ def test_random_bytes_in_final_weights_are_not_pruned_from(experiment, tmp_path,
 
     exp = _copy(experiment, tmp_path)
     root = experiment[2]
-    damaged = paths.run_dir(exp, 0, 1) / paths.FINAL
+    damaged = layout.run_dir(exp, 0, 1) / layout.FINAL
     data = bytearray(damaged.read_bytes())
     data[len(data) - 100 : len(data) - 92] = os.urandom(8)
     damaged.write_bytes(bytes(data))
@@ -189,9 +189,9 @@ def test_random_bytes_in_final_weights_are_not_pruned_from(experiment, tmp_path,
     assert argv[3:5] == ["--levels", 2]
     assert lth(*argv, "--output-dir", exp, "--data-root", root) == 2
     one_line_error(capsys.readouterr().err, str(damaged), "damaged")
-    assert snapshot(exp) == before and not paths.level_dir(exp, 0, 2).exists()
+    assert snapshot(exp) == before and not layout.level_dir(exp, 0, 2).exists()
 
-    initial = paths.run_dir(exp, 0, 0) / paths.INITIAL  # controls start from level 0's weights
+    initial = layout.run_dir(exp, 0, 0) / layout.INITIAL  # controls start from level 0's weights
     data = bytearray(initial.read_bytes())
     data[-50] ^= 0xFF
     initial.write_bytes(bytes(data))
@@ -206,7 +206,7 @@ def test_runs_completed_before_digests_are_read_as_before(experiment, tmp_path, 
     """An experiment from before digests (COMPLETE without "sha256") resumes and reports as it
     did; nothing is checked, nothing is refused."""
     exp = _copy(experiment, tmp_path)
-    for complete in exp.rglob(paths.COMPLETE):
+    for complete in exp.rglob(layout.COMPLETE):
         record = json.loads(complete.read_text())
         del record["sha256"]
         complete.write_text(json.dumps(record))
@@ -228,7 +228,7 @@ def _damage(path: Path, truncate: bool, where: float, xor: int) -> None:
 
 
 @settings(max_examples=12, deadline=None, derandomize=True, database=None)
-@given(trial=st.integers(0, 1), level=st.integers(0, 1), name=st.sampled_from(paths.RESULT_FILES[:5]),
+@given(trial=st.integers(0, 1), level=st.integers(0, 1), name=st.sampled_from(layout.RESULT_FILES[:5]),
        truncate=st.booleans(), where=st.floats(0, 1), xor=st.integers(1, 255))
 def test_damaged_result_files_are_never_used_silently(experiment, trial, level, name, truncate, where, xor):
     """Property: after truncating or flipping a byte of any result file of a finished experiment,
@@ -238,7 +238,7 @@ def test_damaged_result_files_are_never_used_silently(experiment, trial, level, 
     with tempfile.TemporaryDirectory() as tmp:
         exp = Path(tmp) / "exp"
         shutil.copytree(original, exp)
-        damaged = paths.run_dir(exp, trial, level) / name
+        damaged = layout.run_dir(exp, trial, level) / name
         _damage(damaged, truncate, where, xor)
         before = snapshot(exp)
 
@@ -248,7 +248,7 @@ def test_damaged_result_files_are_never_used_silently(experiment, trial, level, 
         assert snapshot(exp) == before
 
         code, err = lth_err("report", exp)
-        if name in (paths.RUN_FILE, paths.METRICS, paths.MASKS):  # what the report reads
+        if name in (layout.RUN_FILE, layout.METRICS, layout.MASKS):  # what the report reads
             assert code == 2, err
             one_line_error(err, str(damaged), "damaged")
             assert snapshot(exp) == before
@@ -271,7 +271,7 @@ def test_report_files_are_readable_like_every_other_file(experiment, tmp_path):
     written = [exp / n for n in REPORT_FILES] + sorted((exp / "plots").iterdir())
     assert any(p.suffix == ".png" for p in written) and any(p.suffix == ".svg" for p in written)
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written}
-    run_file_mode = oct(stat.S_IMODE((paths.run_dir(exp, 0, 0) / paths.FINAL).stat().st_mode))
+    run_file_mode = oct(stat.S_IMODE((layout.run_dir(exp, 0, 0) / layout.FINAL).stat().st_mode))
     assert run_file_mode == "0o644"
     assert set(modes.values()) == {"0o644"}, modes
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_run, lth
 
-from lottery_ticket import checkpoint, paths
+from lottery_ticket import checkpoint, layout
 
 LIVENESS = 120  # seconds: only ever a bound on waiting for something that must happen
 # Long enough that the experiment is still running when the tests stop it (they check).
@@ -65,11 +65,11 @@ def wait_until(condition, what: str, timeout: float = LIVENESS) -> None:
 
 def started(exp: Path, trials=(0, 1)) -> bool:
     """Every trial's level 0 has written a checkpoint: its worker is training."""
-    return all((paths.run_dir(exp, t, 0) / paths.CHECKPOINT / checkpoint.FILE).exists() for t in trials)
+    return all((layout.run_dir(exp, t, 0) / layout.CHECKPOINT / checkpoint.FILE).exists() for t in trials)
 
 
 def all_complete(exp: Path, trials=(0, 1), levels=(0, 1, 2, 3)) -> bool:
-    return all(paths.is_complete(paths.run_dir(exp, t, lv)) for t in trials for lv in levels)
+    return all(layout.is_complete(layout.run_dir(exp, t, lv)) for t in trials for lv in levels)
 
 
 def start(command: list[str]) -> subprocess.Popen:
@@ -127,7 +127,7 @@ def test_a_killed_sweeps_workers_die_with_it(tmp_path, mnist_root):
         proc.wait(timeout=LIVENESS)
         wait_until(lambda: not any(alive(pid) for pid in children), "the sweep's workers to die with it")
         # a queued line never starts once the sweep is gone
-        assert sum((paths.run_dir(e, 0, 0) / paths.RUN_FILE).exists() for e in exps) == 2
+        assert sum((layout.run_dir(e, 0, 0) / layout.RUN_FILE).exists() for e in exps) == 2
     finally:
         proc.kill()
         proc.wait()
@@ -157,7 +157,7 @@ def test_a_signal_to_the_parent_alone_stops_promptly_and_resumes_bitwise(tmp_pat
         assert not any(alive(pid) for pid in children)
         # stopped promptly: a run left with its checkpoint, the last level never begun
         for t in trials:
-            assert not paths.run_dir(exp, t, 3).exists()
+            assert not layout.run_dir(exp, t, 3).exists()
         assert any(exp.rglob(checkpoint.FILE))
         assert not any(exp.rglob(".lock"))
     finally:
@@ -167,7 +167,7 @@ def test_a_signal_to_the_parent_alone_stops_promptly_and_resumes_bitwise(tmp_pat
     assert rerun.returncode == 0, rerun.stderr
     for t in (0, 1):
         for level in range(4):
-            assert_same_run(paths.run_dir(reference, t, level), paths.run_dir(exp, t, level))
+            assert_same_run(layout.run_dir(reference, t, level), layout.run_dir(exp, t, level))
 
 
 def stop_at_step(monkeypatch, step: int) -> None:
@@ -200,7 +200,7 @@ def test_a_stopped_run_checkpoints_and_resumes_bitwise(splits, tmp_path, monkeyp
             train(build_model("fc_100", seed=0), splits, hp, order_seed=1, output_dir=out, run_info={"trial": 0},
                   checkpoint_seconds=1e9)
     assert stopped.value.signum == signal.SIGINT
-    assert not paths.is_complete(out) and (out / paths.CHECKPOINT / checkpoint.FILE).exists()
+    assert not layout.is_complete(out) and (out / layout.CHECKPOINT / checkpoint.FILE).exists()
     assert not (out / ".lock").exists()
     resumed = train(build_model("fc_100", seed=0), splits, hp, order_seed=1, output_dir=out, run_info={"trial": 0})
     assert resumed.resumed_from == step
@@ -243,7 +243,7 @@ def test_a_failing_line_does_not_stop_a_one_worker_sweep(tmp_path, mnist_root, c
     argfile.write_text(f"train {TINY} --output-dir {tmp_path / 'a'} --data-root {mnist_root}\n{bad}\n"
                        f"train {TINY} --output-dir {tmp_path / 'b'} --data-root {mnist_root}\n")
     assert lth("sweep", argfile, "--workers", "1") == 2
-    assert paths.is_complete(tmp_path / "a") and paths.is_complete(tmp_path / "b")
+    assert layout.is_complete(tmp_path / "a") and layout.is_complete(tmp_path / "b")
     err = capsys.readouterr().err
     assert f"failed: {bad}" in err and "1 of 3 sweep lines failed" in err
 

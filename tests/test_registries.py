@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import lth, synthetic_splits
 
-from lottery_ticket import callbacks, paths, runner
+from lottery_ticket import callbacks, layout, runner
 from lottery_ticket.data import load_dataset
 from lottery_ticket.data.registry import DATASETS, register_dataset
 from lottery_ticket.errors import LotteryError
@@ -92,7 +92,7 @@ def test_a_data_dependent_strategy_gets_model_masks_hparams_and_data(mnist_root,
     assert seen == [("test_saliency", {"hidden.0.weight": 235200, "hidden.1.weight": 30000, "output.weight": 1000})]
     from lottery_ticket.store import load_tensors
 
-    masks = load_tensors(paths.run_dir(exp, 0, 1) / paths.MASKS)
+    masks = load_tensors(layout.run_dir(exp, 0, 1) / layout.MASKS)
     assert int(masks["hidden.1.weight"].sum()) == 15000
 
 
@@ -142,7 +142,7 @@ def test_callbacks_run_at_each_evaluation_and_leave_the_results_alone(tmp_path, 
     measured = run(tmp_path / "measured", {"count": _count_callback})
     assert plain.metrics == measured.metrics
     assert all(torch.equal(plain.final[k], measured.final[k]) for k in plain.final)
-    assert (tmp_path / "plain" / paths.METRICS).read_bytes() == (tmp_path / "measured" / paths.METRICS).read_bytes()
+    assert (tmp_path / "plain" / layout.METRICS).read_bytes() == (tmp_path / "measured" / layout.METRICS).read_bytes()
     rows = list(csv.DictReader(io.StringIO((tmp_path / "measured" / "count.csv").read_text())))
     assert [int(r["iteration"]) for r in rows] == [0, 20, 40, 50]
     assert {int(r["n"]) for r in rows} == {300}
@@ -162,7 +162,7 @@ def test_callback_rows_of_a_resumed_run_equal_an_uninterrupted_run(tmp_path):
     train(model(), splits, hp, order_seed=1, output_dir=tmp_path / "a", callbacks=cbs)
     train(model(), splits, hp, order_seed=1, output_dir=tmp_path / "b", callbacks=cbs, stop_after=40,
           checkpoint_seconds=0.0)
-    assert not paths.is_complete(tmp_path / "b")
+    assert not layout.is_complete(tmp_path / "b")
     train(model(), splits, hp, order_seed=1, output_dir=tmp_path / "b", callbacks=cbs)
     assert (tmp_path / "a" / "count.csv").read_bytes() == (tmp_path / "b" / "count.csv").read_bytes()
 

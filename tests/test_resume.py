@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from lottery_ticket import checkpoint, paths
+from lottery_ticket import checkpoint, layout
 from lottery_ticket.cli import main
 from lottery_ticket.store import load_tensors
 
@@ -26,10 +26,10 @@ def run_files(exp: Path, trials=(0,), levels=(0, 1, 2)) -> dict[str, bytes | dic
     out = {}
     for trial in trials:
         for level in levels:
-            run = paths.run_dir(exp, trial, level)
-            for name in (paths.MASKS, paths.INITIAL, paths.FINAL):
+            run = layout.run_dir(exp, trial, level)
+            for name in (layout.MASKS, layout.INITIAL, layout.FINAL):
                 out[f"{trial}/{level}/{name}"] = load_tensors(run / name)
-            out[f"{trial}/{level}/metrics"] = (run / paths.METRICS).read_bytes()
+            out[f"{trial}/{level}/metrics"] = (run / layout.METRICS).read_bytes()
     return out
 
 
@@ -77,7 +77,7 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_results(tmp_path,
     rng = random.Random(1234)  # the kill moments are seeded; the outcome must not depend on them
 
     def level_checkpoint(level: int):
-        return lambda: (paths.run_dir(exp, 0, level) / paths.CHECKPOINT / checkpoint.FILE).exists()
+        return lambda: (layout.run_dir(exp, 0, level) / layout.CHECKPOINT / checkpoint.FILE).exists()
 
     # mid-level 1 once its first checkpoint exists (whatever the machine's speed), then twice at
     # random moments: during start-up, training, evaluation or file writes
@@ -93,7 +93,7 @@ def test_two_processes_cannot_write_the_same_experiment(tmp_path, mnist_root):
                "--data-root", str(mnist_root), "--checkpoint-seconds", "30", "--iterations", "1000000"]
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        lock = paths.run_dir(exp, 0, 0) / ".lock"
+        lock = layout.run_dir(exp, 0, 0) / ".lock"
         deadline = time.monotonic() + 60
         while not lock.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -121,7 +121,7 @@ def test_batched_lottery_killed_mid_level_resumes_from_its_checkpoint(tmp_path, 
         """Kill once a batched checkpoint beyond `iteration` is on disk (with `new_computation`:
         one of another batched computation than the last kill's, i.e. the next level)."""
         def ready() -> bool:
-            for f in (exp / paths.BATCHED_CHECKPOINTS).glob(f"*/{checkpoint.FILE}"):
+            for f in (exp / layout.BATCHED_CHECKPOINTS).glob(f"*/{checkpoint.FILE}"):
                 if new_computation and f == seen[-1][0]:
                     continue
                 with contextlib.suppress(Exception):  # (being replaced right now)
@@ -139,4 +139,4 @@ def test_batched_lottery_killed_mid_level_resumes_from_its_checkpoint(tmp_path, 
     assert kills == 3, seen
     assert seen[0][0] == seen[1][0] != seen[2][0], seen
     assert_same_files(run_files(reference, (0, 1), (0, 1)), run_files(exp, (0, 1), (0, 1)))
-    assert not (exp / paths.BATCHED_CHECKPOINTS).exists()  # removed once their runs were written
+    assert not (exp / layout.BATCHED_CHECKPOINTS).exists()  # removed once their runs were written

@@ -1,17 +1,23 @@
 """Worker pools get the dataset from the parent in shared memory instead of loading their own."""
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lottery_ticket import runner
 from lottery_ticket.hparams import Hparams, preset_hparams
 
 
-def report_dataset(hp_dict: dict, out: str, ctx: runner.Context) -> None:
+@dataclass(frozen=True)
+class DatasetJob:
+    hp: Hparams
+    out: str
+
+
+def report_dataset(job: DatasetJob, ctx: runner.RunOptions) -> None:
     """A worker job: which dataset did load_splits give this process?"""
-    splits = runner.load_splits(Hparams.from_dict(hp_dict), ctx, None)
-    Path(out).write_text(json.dumps({
+    splits = runner.load_splits(job.hp, ctx, None)
+    Path(job.out).write_text(json.dumps({
         "from_parent": bool(runner._SHARED_DATASETS),
         "shared_memory": splits.train_x.is_shared() and splits.test_x.is_shared(),
         "checksum": float(splits.train_x.double().sum()),
@@ -25,10 +31,10 @@ def test_workers_use_the_parents_shared_dataset(mnist_root, tmp_path):
     datasets = runner.shared_datasets(hp, ctx)
     (splits,) = datasets.values()
     assert splits.train_x.is_shared() and splits.validation_y.is_shared()
-    jobs = [(hp.to_dict(), str(tmp_path / f"{i}.json")) for i in range(2)]
+    jobs = [DatasetJob(hp, str(tmp_path / f"{i}.json")) for i in range(2)]
     runner.run_jobs(report_dataset, jobs, workers=2, threads=1, ctx=ctx, share=hp)
-    for _, out in jobs:
-        seen = json.loads(Path(out).read_text())
+    for job in jobs:
+        seen = json.loads(Path(job.out).read_text())
         assert seen == {"from_parent": True, "shared_memory": True, "loaded_here": False,
                         "checksum": float(splits.train_x.double().sum())}
 

@@ -7,13 +7,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lottery_ticket import paths
+from lottery_ticket import layout
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import DatasetHparams, Hparams, TrainingHparams
+from lottery_ticket.layout.files import read_metrics
 from lottery_ticket.lock import RunLock
 from lottery_ticket.models import build_model
 from lottery_ticket.store import load_tensors
-from lottery_ticket.trainer import TrainingDiverged, evaluate, read_metrics, train
+from lottery_ticket.trainer import TrainingDiverged, evaluate, train
 
 HP = Hparams(training=TrainingHparams(iterations=250, eval_every=100))
 
@@ -36,18 +37,18 @@ def test_evaluation_schedule_and_metric_rows(splits):
 def test_run_files_and_logged_accuracy_is_that_of_the_saved_final_weights(splits, tmp_path):
     out = tmp_path / "run"
     result = train(lenet(), splits, HP, order_seed=0, output_dir=out, run_info={"trial": 0})
-    for name in (paths.RUN_FILE, paths.METRICS, paths.MASKS, paths.INITIAL, paths.FINAL, paths.COMPLETE):
+    for name in (layout.RUN_FILE, layout.METRICS, layout.MASKS, layout.INITIAL, layout.FINAL, layout.COMPLETE):
         assert (out / name).is_file(), name
-    assert list((out / paths.TENSORBOARD).iterdir())
-    assert not (out / paths.CHECKPOINT).exists()
-    record = json.loads((out / paths.RUN_FILE).read_text())
+    assert list((out / layout.TENSORBOARD).iterdir())
+    assert not (out / layout.CHECKPOINT).exists()
+    record = json.loads((out / layout.RUN_FILE).read_text())
     assert record["hparams"]["training"]["iterations"] == 250 and "torch" in record["versions"]
     model = lenet(9)
-    model.load_state_dict(load_tensors(out / paths.FINAL))
+    model.load_state_dict(load_tensors(out / layout.FINAL))
     loss, acc = evaluate(model, splits.test_x, splits.test_y)
-    logged = [r for r in read_metrics(out / paths.METRICS) if r[1] == "test"][-1]
+    logged = [r for r in read_metrics(out / layout.METRICS) if r[1] == "test"][-1]
     assert logged[3] == acc and logged[2] == pytest.approx(loss, rel=1e-12)
-    assert read_metrics(out / paths.METRICS) == [tuple(r) for r in result.metrics]
+    assert read_metrics(out / layout.METRICS) == [tuple(r) for r in result.metrics]
 
 
 def test_same_seeds_give_identical_runs(splits):
@@ -66,27 +67,27 @@ def test_resume_from_checkpoint_equals_uninterrupted_run_bit_for_bit(splits, tmp
     full = train(lenet(), splits, hp, order_seed=1, output_dir=tmp_path / "full")
     out = tmp_path / "resumed"
     partial = train(lenet(), splits, hp, order_seed=1, output_dir=out, stop_after=120, checkpoint_seconds=1e9)
-    assert not paths.is_complete(out) and (out / paths.CHECKPOINT).exists()
+    assert not layout.is_complete(out) and (out / layout.CHECKPOINT).exists()
     assert partial.metrics[-1][0] == 100
     resumed = train(lenet(7), splits, hp, order_seed=1, output_dir=out)  # model init ignored: state restored
     assert resumed.resumed_from == 120
     for k in full.final:
         assert torch.equal(full.final[k], resumed.final[k]), k
     assert full.metrics == resumed.metrics
-    assert read_metrics(out / paths.METRICS) == read_metrics(tmp_path / "full" / paths.METRICS)
+    assert read_metrics(out / layout.METRICS) == read_metrics(tmp_path / "full" / layout.METRICS)
 
 
 def test_complete_run_is_loaded_not_retrained_and_different_settings_refused(splits, tmp_path):
     out = tmp_path / "run"
     first = train(lenet(), splits, HP, order_seed=0, output_dir=out, run_info={"trial": 0})
-    mtime = (out / paths.FINAL).stat().st_mtime_ns
+    mtime = (out / layout.FINAL).stat().st_mtime_ns
     again = train(lenet(5), splits, HP, order_seed=0, output_dir=out, run_info={"trial": 0})
-    assert (out / paths.FINAL).stat().st_mtime_ns == mtime
+    assert (out / layout.FINAL).stat().st_mtime_ns == mtime
     assert all(torch.equal(first.final[k], again.final[k]) for k in first.final)
     other = replace(HP, training=replace(HP.training, lr=0.5))
     with pytest.raises(LotteryError, match="training.lr: 0.0012 -> 0.5"):
         train(lenet(), splits, other, order_seed=0, output_dir=out, run_info={"trial": 0})
-    assert (out / paths.FINAL).stat().st_mtime_ns == mtime
+    assert (out / layout.FINAL).stat().st_mtime_ns == mtime
 
 
 def test_nan_loss_stops_the_run_and_keeps_its_files(splits, tmp_path):
@@ -94,10 +95,10 @@ def test_nan_loss_stops_the_run_and_keeps_its_files(splits, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match=r"NaN or infinite at iteration \d+"):
         train(lenet(), splits, hp, order_seed=0, output_dir=out)
-    assert not paths.is_complete(out)
-    rows = read_metrics(out / paths.METRICS)
+    assert not layout.is_complete(out)
+    rows = read_metrics(out / layout.METRICS)
     assert rows[0][0] == 0  # the evaluation at iteration 0 survives
-    assert (out / paths.INITIAL).is_file()
+    assert (out / layout.INITIAL).is_file()
 
 
 def test_late_rewinding_saves_the_weights_at_the_rewind_iteration(splits, tmp_path):
@@ -106,7 +107,7 @@ def test_late_rewinding_saves_the_weights_at_the_rewind_iteration(splits, tmp_pa
     result = train(lenet(), splits, hp, order_seed=0, output_dir=out)
     stopped = train(lenet(), splits, hp, order_seed=0, stop_after=40)
     assert all(torch.equal(result.rewind[k], stopped.final[k]) for k in result.rewind)
-    assert all(torch.equal(result.rewind[k], v) for k, v in load_tensors(out / paths.REWIND).items())
+    assert all(torch.equal(result.rewind[k], v) for k, v in load_tensors(out / layout.REWIND).items())
     # training from the rewind point continues the schedule: same as the uninterrupted run
     cont = lenet()
     cont.load_state_dict(result.rewind)
@@ -153,7 +154,7 @@ def test_lock_refuses_a_second_process_and_recovers_a_stale_lock(tmp_path):
 def test_corrupted_checkpoint_is_a_clear_error(splits, tmp_path):
     out = tmp_path / "run"
     train(lenet(), splits, HP, order_seed=0, output_dir=out, stop_after=150, checkpoint_seconds=1e9)
-    state = out / paths.CHECKPOINT / "state.safetensors"
+    state = out / layout.CHECKPOINT / "state.safetensors"
     state.write_bytes(state.read_bytes()[:1000])
     with pytest.raises(LotteryError, match="corrupted checkpoint"):
         train(lenet(), splits, HP, order_seed=0, output_dir=out)
@@ -179,7 +180,7 @@ def test_background_evaluation_gives_the_same_rows_and_weights(splits, tmp_path)
           background_eval=True)
     resumed = train(lenet(), splits, HP, order_seed=2, output_dir=out, background_eval=True)
     assert resumed.metrics == sync.metrics
-    assert read_metrics(out / paths.METRICS) == sync.metrics
+    assert read_metrics(out / layout.METRICS) == sync.metrics
 
 
 def test_background_evaluation_reports_divergence(splits):

@@ -14,7 +14,7 @@ from conftest import lth
 from test_faults import one_line_error, snapshot
 
 from lottery_ticket import hparams as H
-from lottery_ticket import paths
+from lottery_ticket import layout
 from lottery_ticket.errors import LotteryError
 
 SMALL = ["--model", "fc_100", "--iterations", "200", "--eval-every", "100", "--quiet"]
@@ -113,7 +113,7 @@ def test_mistake_writes_nothing_so_the_fixed_command_runs_in_the_same_directory(
     one_line_error(capsys.readouterr().err)
     assert not exp.exists()
     assert lth(*common) == 0
-    assert paths.is_complete(paths.run_dir(exp, 0, 1))
+    assert layout.is_complete(layout.run_dir(exp, 0, 1))
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +147,13 @@ def test_damaged_experiment_record_is_one_line_naming_it(finished, tmp_path, cap
     original, root = finished
     exp = tmp_path / "exp"
     shutil.copytree(original, exp)
-    (exp / paths.EXPERIMENT_FILE).write_text(json.dumps(record))
+    (exp / layout.EXPERIMENT_FILE).write_text(json.dumps(record))
     before = snapshot(exp)
     for argv in (["lottery", *SMALL, "--levels", 1, "--threads", 1, "--output-dir", exp, "--data-root", root],
                  ["reinit", "--experiment", exp, "--levels", 1, "--quiet", "--threads", 1, "--data-root", root],
                  ["reinit", "--experiment", exp, "--levels", 1, "--quiet", "--batched", "--data-root", root]):
         assert lth(*argv) == 2, argv
-        one_line_error(capsys.readouterr().err, str(exp / paths.EXPERIMENT_FILE))
+        one_line_error(capsys.readouterr().err, str(exp / layout.EXPERIMENT_FILE))
     assert snapshot(exp) == before
 
 
@@ -164,7 +164,7 @@ def test_damaged_run_record_is_one_line_naming_it(finished, tmp_path, capsys, re
     original, root = finished
     exp = tmp_path / "exp"
     shutil.copytree(original, exp)
-    run_file = paths.run_dir(exp, 0, 1, control, 0) / paths.RUN_FILE
+    run_file = layout.run_dir(exp, 0, 1, control, 0) / layout.RUN_FILE
     run_file.write_text(json.dumps(record))
     before = snapshot(exp)
     argv = (["lottery", *SMALL, "--levels", 1, "--threads", 1, "--output-dir", exp, "--data-root", root]

@@ -41,7 +41,7 @@ from lottery_ticket.fast_mlp import (
     _relu_backward,
 )
 from lottery_ticket.fast_optim import make_update
-from lottery_ticket.hparams import Hparams, milestones
+from lottery_ticket.hparams import Hparams, check_rewind, milestones
 from lottery_ticket.masking import Masks, mask_gradients, prepare_masks
 from lottery_ticket.models.fc import FullyConnected
 from lottery_ticket.store import state_dict_copy
@@ -223,8 +223,7 @@ def train_batched(
     validation = (splits.validation_x.to(device), splits.validation_y.to(device))
     test = (splits.test_x.to(device), splits.test_y.to(device))
     total = total_iterations(t, len(train_y), batch_size)
-    if t.rewind_iteration > total:
-        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {total} training iterations")
+    check_rewind(t, total)  # (here too for --epochs, and for library callers)
     if not 0 <= start_iteration < total:
         raise LotteryError(f"start iteration {start_iteration} must be in [0, {total})")
     orders = [TrainingOrder(len(train_y), batch_size, seed, device=device) for seed in order_seeds]

@@ -13,10 +13,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from lottery_ticket import layout
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.store import write_bytes_atomic
 
-FILE = "state.safetensors"
+FILE = layout.CHECKPOINT_FILE
 
 
 def save_checkpoint(

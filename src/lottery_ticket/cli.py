@@ -13,11 +13,18 @@ import shlex
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from lottery_ticket import paths
+from lottery_ticket import layout
 from lottery_ticket.errors import LotteryError
-from lottery_ticket.hparams import INT_MAX, PRESETS, add_hparam_flags, hparams_from_args
+from lottery_ticket.hparams import (
+    INT_MAX,
+    PRESETS,
+    add_hparam_flags,
+    check_rewind,
+    hparams_from_args,
+)
 from lottery_ticket.registries import ChoicesHelp
 
 EXIT_USER_ERROR = 2
@@ -134,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "same, keeping each weight's original sign), random (random masks of the "
                                    "same per-layer sizes, original init).")
     p.add_argument("--experiment", required=True, help="a directory written by `lth lottery`")
-    p.add_argument("--control", default="reinit", choices=["reinit", "reuse", "reuse_sign", "random"],
+    p.add_argument("--control", default="reinit", choices=layout.CONTROLS,
                    help="which control (default: reinit)")
     p.add_argument("--levels", default="0-5", help="levels, e.g. 0-5 or 1,3,7 (default: 0-5)")
     p.add_argument("--runs", type=int, default=1, help="control runs per level and trial (default: 1)")
@@ -196,13 +203,13 @@ def parse_levels(text: str) -> list[int]:
 
 
 def _context(args):
-    from lottery_ticket.runner import Context
+    from lottery_ticket.runner import RunOptions
 
     if args.callback:
         from lottery_ticket.callbacks import resolve
 
         resolve(args.callback)  # unknown names fail here, before anything is written
-    return Context(data_root=args.data_root, device=args.device, quiet=args.quiet,
+    return RunOptions(data_root=args.data_root, device=args.device, quiet=args.quiet,
                    checkpoint_seconds=args.checkpoint_seconds, fast=args.fast, download=args.download,
                    callbacks=tuple(dict.fromkeys(args.callback)))
 
@@ -254,7 +261,7 @@ def _check_train_output_dir(directory: str, force: bool) -> None:
     if force or not path.is_dir():
         return
     try:
-        foreign = paths.foreign_entries(path)
+        foreign = layout.foreign_entries(path)
     except OSError as e:
         raise LotteryError(f"cannot read --output-dir {directory}: {e.strerror}") from None
     if foreign:
@@ -302,14 +309,18 @@ def cmd_train(args) -> None:
 
 
 def cmd_lottery(args) -> None:
-    from lottery_ticket.runner import check_model, lottery_trial, prepare_experiment, run_jobs
+    from lottery_ticket.runner import (
+        LotteryJob,
+        check_model,
+        lottery_trial,
+        prepare_experiment,
+        run_jobs,
+    )
 
     hp = hparams_from_args(args)
     check_model(hp, batched=args.batched)
-    t = hp.training
-    if args.levels > 0 and t.epochs == 0 and t.rewind_iteration >= t.iterations > 0:
-        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} must be less than --iterations "
-                           f"{t.iterations}: levels after 0 train from the rewind iteration")
+    if hp.training.epochs == 0:
+        check_rewind(hp.training, hp.training.iterations, args.levels)
     ctx = _context(args)
     _check_device(ctx.device)
     prepare_experiment(args.output_dir, hp, args.seed)
@@ -318,10 +329,10 @@ def cmd_lottery(args) -> None:
         from lottery_ticket.trainer import threads
 
         with threads(_threads(args, eval_threads(1))):
-            lottery_batched(args.output_dir, hp.to_dict(), args.seed, list(range(args.trials)), args.levels, ctx)
+            lottery_batched(args.output_dir, hp, args.seed, list(range(args.trials)), args.levels, ctx)
     else:
         workers, threads = _workers(args, args.trials, hp.model.model)
-        jobs = [(args.output_dir, hp.to_dict(), args.seed, trial, args.levels) for trial in range(args.trials)]
+        jobs = [LotteryJob(args.output_dir, hp, args.seed, trial, args.levels) for trial in range(args.trials)]
         run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
                  runs=args.trials * (args.levels + 1), what="trials")
     if not args.quiet:
@@ -347,7 +358,7 @@ def cmd_reinit(args) -> None:
     levels = parse_levels(args.levels)
     jobs = control_jobs(args.experiment, args.control, levels, args.runs)
     hp, _ = read_experiment(args.experiment)
-    check_model(hp, batched=args.batched, trials=len({job[2] for job in jobs}))
+    check_model(hp, batched=args.batched, trials=len({job.trial for job in jobs}))
     if args.batched:
         from lottery_ticket.runner import control_runs_batched, eval_threads
         from lottery_ticket.trainer import threads
@@ -441,7 +452,7 @@ def run_sweep_line(line: str, threads: int) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from lottery_ticket.runner import Context, run_jobs
+    from lottery_ticket.runner import RunOptions, run_jobs
 
     if args.dry_run and Path(args.argfile).is_file() and is_script(Path(args.argfile)):
         print(f"would run argfile script {args.argfile} and run the lines it prints (not run: --dry-run)")
@@ -452,7 +463,7 @@ def cmd_sweep(args) -> None:
         return
     workers, threads = _workers(args, len(lines))
     print(f"sweep: {len(lines)} lines, {workers} workers x {threads} threads", file=sys.stderr)
-    codes = run_jobs(_sweep_line_job, [(line, threads) for line in lines], workers, 1, Context(quiet=args.quiet),
+    codes = run_jobs(_sweep_line_job, [SweepJob(line, threads) for line in lines], workers, 1, RunOptions(quiet=args.quiet),
                      what="sweep lines")
     failed = [line for line, code in zip(lines, codes, strict=True) if code]
     if failed:
@@ -462,11 +473,20 @@ def cmd_sweep(args) -> None:
                            "the others ran; fix them and run the sweep again")
 
 
-def _sweep_line_job(line: str, threads: int, ctx=None) -> int:
+@dataclass(frozen=True)
+class SweepJob:
+    """One argfile line of `lth sweep`, run with `threads` torch threads."""
+
+    line: str
+    threads: int
+
+
+def _sweep_line_job(job: SweepJob, ctx=None) -> int:
     """One line; its failure is printed and returned as its exit status, so the others still run.
     (Stopped, a BaseException, goes through: a stop stops the whole sweep.)"""
+    line = job.line
     try:
-        run_sweep_line(line, threads)
+        run_sweep_line(line, job.threads)
     except LotteryError as e:
         print(f"error: {line}: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
@@ -480,18 +500,12 @@ def _sweep_line_job(line: str, threads: int, ctx=None) -> int:
 
 def _report(experiment: str, quiet: bool, errorbars: str = "minmax") -> None:
     from lottery_ticket.analysis.report import write_report
-    from lottery_ticket.store import read_json
+    from lottery_ticket.layout.files import check_lottery_record
 
     if not Path(experiment).is_dir():
         raise LotteryError(f"experiment directory {experiment} does not exist")
     # The report's files overwrite any of the same names: only in a directory `lth lottery` made.
-    record_file = Path(experiment) / paths.EXPERIMENT_FILE
-    if not record_file.is_file():
-        raise LotteryError(f"{experiment} is not a lottery_ticket experiment (no {paths.EXPERIMENT_FILE}); "
-                           "give a directory written by `lth lottery`")
-    record = read_json(record_file)
-    if not isinstance(record, dict) or record.get("kind") != "lottery" or not isinstance(record.get("hparams"), dict):
-        raise LotteryError(f"{record_file} is not a lottery_ticket experiment record")
+    check_lottery_record(experiment)
     written = write_report(experiment, errorbars=errorbars)
     if not quiet:
         import pandas as pd

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import torch
 
+from lottery_ticket.layout import CONTROLS  # noqa: F401  (the one list; re-exported)
 from lottery_ticket.masking import Masks
 from lottery_ticket.pruning import random_masks_like
-
-CONTROLS = ("reinit", "reuse", "reuse_sign", "random")
 
 
 def control_init(

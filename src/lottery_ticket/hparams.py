@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -476,9 +477,21 @@ def validate(hp: Hparams) -> None:
         )
     if t.iterations < 1 and t.epochs < 1:
         raise LotteryError("--iterations (or --epochs) must be >= 1")
-    if t.epochs == 0 and t.rewind_iteration > t.iterations:
-        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {t.iterations} training iterations")
+    if t.epochs == 0:
+        check_rewind(t, t.iterations)
     milestones(t, iterations_per_epoch(hp))
+
+
+def check_rewind(t: TrainingHparams, total: int, levels: int = 0) -> None:
+    """The one check of late rewinding against a run's `total` iterations: the rewind point must
+    be within training, and, when levels after 0 retrain from it (`levels` > 0), before its end.
+    `validate` calls it when `total` is known from the flags (--iterations), the training loops
+    when it depends on the dataset (--epochs)."""
+    if t.rewind_iteration > total:
+        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {total} training iterations")
+    if levels > 0 and t.rewind_iteration >= total > 0:
+        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} must be less than --iterations "
+                           f"{total}: levels after 0 train from the rewind iteration")
 
 
 def iterations_per_epoch(hp: Hparams) -> int:
@@ -491,18 +504,10 @@ def iterations_per_epoch(hp: Hparams) -> int:
 
 def milestones(t: TrainingHparams, per_epoch: int | None = None) -> list[int]:
     """The lr milestones in iterations. An entry `Nep` is epoch N, i.e. iteration N * `per_epoch`
-    (as the paper states VGG-19's schedule: drops at epochs 80 and 120), so the counts are exact."""
+    (as the paper states VGG-19's schedule: drops at epochs 80 and 120), so the counts are exact.
+    The comma string (as on disk and on the command line) is parsed once (`_milestone_entries`)."""
     values = []
-    for text in (v.strip() for v in t.lr_milestones.split(",")):
-        if not text:
-            continue
-        epochs = text.endswith("ep")
-        try:
-            value = int(text[:-2] if epochs else text)
-        except ValueError:
-            raise LotteryError(
-                f"--lr-milestones must be comma-separated iterations or epochs (e.g. 80ep), got {t.lr_milestones!r}"
-            ) from None
+    for value, epochs in _milestone_entries(t.lr_milestones):
         if epochs:
             if per_epoch is None:
                 raise ValueError("epoch milestones need the number of iterations per epoch")
@@ -513,8 +518,31 @@ def milestones(t: TrainingHparams, per_epoch: int | None = None) -> list[int]:
     return values
 
 
+@functools.lru_cache(maxsize=64)
+def _milestone_entries(text: str) -> tuple[tuple[int, bool], ...]:
+    """(number, whether in epochs) per entry of an --lr-milestones string."""
+    entries = []
+    for entry in (v.strip() for v in text.split(",")):
+        if not entry:
+            continue
+        epochs = entry.endswith("ep")
+        try:
+            entries.append((int(entry[:-2] if epochs else entry), epochs))
+        except ValueError:
+            raise LotteryError(
+                f"--lr-milestones must be comma-separated iterations or epochs (e.g. 80ep), got {text!r}"
+            ) from None
+    return tuple(entries)
+
+
 def never_prune(p: PruningHparams) -> list[str]:
-    return [n.strip() for n in p.never_prune.split(",") if n.strip()]
+    """The tensor names of --never-prune (a comma string, as on disk), parsed once."""
+    return list(_names(p.never_prune))
+
+
+@functools.lru_cache(maxsize=64)
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def diff(old: Hparams, new: Hparams) -> list[str]:

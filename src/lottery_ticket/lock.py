@@ -17,11 +17,11 @@ import socket
 import time
 from pathlib import Path
 
-from lottery_ticket import checkpoint, paths
+from lottery_ticket import layout
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.store import _user_io_errors, remove_temp_files
 
-LOCK_NAME = paths.LOCK
+LOCK_NAME = layout.LOCK
 STALE_SECONDS = 5.0  # an empty or unreadable lock file older than this was left by a crash
 
 
@@ -89,8 +89,8 @@ class RunLock:
     def _remove_killed_writers_temp_files(self) -> None:
         """A killed holder's half-written files (a run's, or a checkpoint's), now ours to clean."""
         directory = self.path.parent
-        remove_temp_files(directory, (*paths.RESULT_FILES, paths.COMPLETE, checkpoint.FILE))
-        remove_temp_files(directory / paths.CHECKPOINT, (checkpoint.FILE,))
+        remove_temp_files(directory, (*layout.RESULT_FILES, layout.COMPLETE, layout.CHECKPOINT_FILE))
+        remove_temp_files(directory / layout.CHECKPOINT, (layout.CHECKPOINT_FILE,))
 
     def _read_holder(self) -> dict | None:
         """The holder's {"host", "pid"}, or None if the file is gone, empty or not such a record."""

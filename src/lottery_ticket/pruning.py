@@ -9,13 +9,13 @@ revived: the new mask is the old mask with more zeros. Results do not depend on 
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.masking import Masks
+from lottery_ticket.seeds import tensor_seed
 
 
 def prune_count(fraction: float, remaining: int) -> int:
@@ -84,14 +84,10 @@ def random_masks_like(masks: Masks, seed: int) -> Masks:
     """
     out = {}
     for name, mask in masks.items():
-        generator = torch.Generator().manual_seed(_name_seed(seed, name))
+        generator = torch.Generator().manual_seed(tensor_seed(seed, name))
         kept = int(mask.sum().item())
         new = torch.zeros(mask.numel(), dtype=torch.float32)
         new[torch.randperm(mask.numel(), generator=generator)[:kept]] = 1.0
         out[name] = new.view(mask.shape)
     return out
 
-
-def _name_seed(seed: int, name: str) -> int:
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)

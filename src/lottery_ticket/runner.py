@@ -8,7 +8,6 @@ depend on the number of workers or on the order jobs finish.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import signal
 import sys
@@ -20,32 +19,33 @@ from pathlib import Path
 
 import torch
 
-from lottery_ticket import checkpoint, paths, procs
-from lottery_ticket.controls import CONTROLS, control_init
+from lottery_ticket import layout, procs
+from lottery_ticket.controls import control_init
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.experiment import experiment
-from lottery_ticket.hparams import INT_MAX, Hparams, diff
-from lottery_ticket.lock import RunLock
-from lottery_ticket.masking import apply_presets
-from lottery_ticket.store import load_tensors, read_json, verify_run, write_json
-from lottery_ticket.trainer import (
+from lottery_ticket.hparams import Hparams, diff
+from lottery_ticket.layout import CONTROLS, TICKET
+from lottery_ticket.layout.files import (
+    METRIC_COLUMNS,
     check_same_run,
+    is_experiment,
     load_result,
+    read_experiment,
+    read_run_tensors,
     run_record,
-    total_iterations,
-    train,
-    versions,
+    write_experiment,
     write_run,
 )
+from lottery_ticket.lock import RunLock
+from lottery_ticket.masking import apply_presets
+from lottery_ticket.seeds import derive_seed
 from lottery_ticket.trainer import (
     threads as torch_threads,
 )
-
-
-def derive_seed(*parts) -> int:
-    """A 63-bit seed from any tuple of names and numbers (stable across runs and machines)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+from lottery_ticket.trainer import (
+    total_iterations,
+    train,
+)
 
 
 def trial_seeds(seed: int, trial: int) -> dict[str, int]:
@@ -56,7 +56,7 @@ def trial_seeds(seed: int, trial: int) -> dict[str, int]:
     }
 
 
-def run_seeds(hp: Hparams, seed: int, trial: int, level: int, control: str = "main", run_index: int = 0) -> dict:
+def run_seeds(hp: Hparams, seed: int, trial: int, level: int, control: str = TICKET, run_index: int = 0) -> dict:
     """The trial's seeds with "order" set to this run's data-order seed (recorded in run.json).
 
     Each run draws its own order from (experiment seed, trial, level, control, run index), as the
@@ -76,7 +76,7 @@ def per_trial_labels(hp: Hparams) -> bool:
 
 
 @dataclass(frozen=True)
-class Context:
+class RunOptions:
     """How to run (not what): where data is, which device, how chatty, checkpoint interval."""
 
     data_root: str | None = None
@@ -91,19 +91,46 @@ class Context:
     callbacks: tuple[str, ...] = ()  # registered evaluation callbacks run in every training run
 
 
+Context = RunOptions  # the old name (until the branches of issue 11 are merged)
+
+
+@dataclass(frozen=True)
+class LotteryJob:
+    """One lottery trial: levels 0..`levels` of train, prune, rewind, retrain (see `lottery_trial`).
+    Pickled to a spawned worker as it is: the hyperparameters travel as an `Hparams`."""
+
+    exp_dir: str
+    hp: Hparams
+    seed: int
+    trial: int
+    levels: int
+
+
+@dataclass(frozen=True)
+class ControlJob:
+    """One control run: `control` run number `run_index` with the masks of the ticket at
+    (`trial`, `level`) of the experiment in `exp_dir` (see `control_run`)."""
+
+    exp_dir: str
+    control: str
+    trial: int
+    level: int
+    run_index: int
+
+
 # --------------------------------------------------------------------------- building blocks
 
 _DATASETS: dict = {}  # the dataset this process loaded last
 _SHARED_DATASETS: dict = {}  # datasets a parent process handed to this worker in shared memory
 
 
-def _dataset_key(hp: Hparams, ctx: Context, labels_seed: int | None) -> tuple:
+def _dataset_key(hp: Hparams, ctx: RunOptions, labels_seed: int | None) -> tuple:
     d = hp.dataset
     return (d.dataset, ctx.data_root, d.validation_size, d.split_seed, d.normalization,
             labels_seed if d.permute_labels else None, labels_seed if d.random_labels else None)
 
 
-def load_splits(hp: Hparams, ctx: Context, labels_seed: int | None):
+def load_splits(hp: Hparams, ctx: RunOptions, labels_seed: int | None):
     """The dataset for these hyperparameters (cached in this process, or shared by the parent)."""
     from lottery_ticket.data import load_dataset
 
@@ -121,7 +148,7 @@ def load_splits(hp: Hparams, ctx: Context, labels_seed: int | None):
     return _DATASETS[key]
 
 
-def shared_datasets(hp: Hparams, ctx: Context) -> dict:
+def shared_datasets(hp: Hparams, ctx: RunOptions) -> dict:
     """This process's copy of the dataset of `hp`, moved to shared memory, for `run_jobs` to hand
     to its workers: N workers then hold one copy of MNIST (~230 MB) between them, not N. Empty
     with --permute-labels or --random-labels (every trial has its own labels) or on a GPU (workers
@@ -154,7 +181,7 @@ def pruner(hp: Hparams, model: torch.nn.Module, splits=None):
     return strategy_pruner(hp, model, splits)
 
 
-def callbacks(ctx: Context) -> dict:
+def callbacks(ctx: RunOptions) -> dict:
     """The evaluation callbacks of `ctx` by name (see `lottery_ticket.callbacks`)."""
     if not ctx.callbacks:
         return {}
@@ -187,24 +214,7 @@ def check_model(hp: Hparams, batched: bool = False, trials: int | None = None) -
                                "--permute-labels")
 
 
-def read_experiment(exp_dir: str | Path) -> tuple[Hparams, int]:
-    """The hyperparameters and seed in exp_dir/experiment.json, checked; anything else there
-    (a hand edit, another program's file) is one error naming the file."""
-    path = Path(exp_dir) / paths.EXPERIMENT_FILE
-    record = read_json(path)
-    try:
-        if not isinstance(record, dict) or "hparams" not in record:
-            raise LotteryError("it has no hparams")
-        seed = record.get("seed")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= INT_MAX:
-            raise LotteryError(f"seed must be an integer in [0, {INT_MAX}], got {seed!r}")
-        return Hparams.from_dict(record["hparams"]), seed
-    except LotteryError as e:
-        raise LotteryError(f"{path} is not a valid lottery_ticket experiment record ({e}); "
-                           "restore it, or use another directory") from None
-
-
-def report_run(out: Path, result, started: float, ctx: Context) -> None:
+def report_run(out: Path, result, started: float, ctx: RunOptions) -> None:
     if ctx.quiet:
         return
     import pandas as pd
@@ -212,8 +222,8 @@ def report_run(out: Path, result, started: float, ctx: Context) -> None:
     from lottery_ticket.analysis.early_stopping import early_stopping
     from lottery_ticket.masking import density
 
-    es = early_stopping(pd.DataFrame(result.metrics, columns=["iteration", "split", "loss", "accuracy"]))
-    pm = 100 * density(load_tensors(out / paths.MASKS))
+    es = early_stopping(pd.DataFrame(result.metrics, columns=list(METRIC_COLUMNS)))
+    pm = 100 * density(read_run_tensors(out, layout.MASKS, verify=False))
     line = (f"{out}: Pm {pm:.1f}%  early stop{' (test loss)' if es['early_stop_split'] == 'test' else ''} "
             f"at {es['early_stop_iteration']:.0f}  "
             f"test acc {es['early_stop_test_accuracy']:.4f}  ({time.time() - started:.1f} s)")
@@ -229,8 +239,7 @@ def report_run(out: Path, result, started: float, ctx: Context) -> None:
 def prepare_experiment(exp_dir: str | Path, hp: Hparams, seed: int) -> None:
     """Record the experiment's settings, or refuse if the directory holds a different experiment."""
     exp_dir = Path(exp_dir)
-    record_file = exp_dir / paths.EXPERIMENT_FILE
-    if record_file.exists():
+    if is_experiment(exp_dir):
         old_hp, old_seed = read_experiment(exp_dir)
         changes = diff(old_hp, hp)
         if old_seed != seed:
@@ -243,12 +252,12 @@ def prepare_experiment(exp_dir: str | Path, hp: Hparams, seed: int) -> None:
         return
     if exp_dir.exists() and (not exp_dir.is_dir() or any(p for p in exp_dir.iterdir() if not p.name.startswith("."))):
         raise LotteryError(f"{exp_dir} exists and is not a lottery_ticket experiment; choose an empty or new directory")
-    write_json(record_file, {"kind": "lottery", "hparams": hp.to_dict(), "seed": seed, "versions": versions()})
+    write_experiment(exp_dir, hp, seed)
 
 
-def lottery_trial(exp_dir: str, hp_dict: dict, seed: int, trial: int, levels: int, ctx: Context) -> None:
+def lottery_trial(job: LotteryJob, ctx: RunOptions) -> None:
     """One trial: levels 0..`levels` of train, prune, rewind, retrain."""
-    hp = Hparams.from_dict(hp_dict)
+    exp_dir, hp, seed, trial, levels = job.exp_dir, job.hp, job.seed, job.trial, job.levels
     seeds = trial_seeds(seed, trial)
     rewind = hp.training.rewind_iteration
 
@@ -261,12 +270,12 @@ def lottery_trial(exp_dir: str, hp_dict: dict, seed: int, trial: int, levels: in
         return new_model(hp, splits, seeds["model"], presets)
 
     def train_model(level, dataset, model, masks):
-        out = paths.run_dir(exp_dir, trial, level)
+        out = layout.run_dir(exp_dir, trial, level)
         started = time.time()
         run = run_seeds(hp, seed, trial, level)
         result = train(
             model, dataset, hp, order_seed=run["order"], masks=masks, output_dir=out,
-            run_info={"trial": trial, "level": level, "control": "main", "run_index": 0, "seeds": run},
+            run_info={"trial": trial, "level": level, "control": TICKET, "run_index": 0, "seeds": run},
             device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
             eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
             start_iteration=rewind if level > 0 else 0, callbacks=callbacks(ctx),
@@ -292,7 +301,7 @@ class ControlSetup:
     start_iteration: int = 0
 
 
-def prepare_control(exp_dir: str, control: str, trial: int, level: int, run_index: int, ctx: Context) -> ControlSetup:
+def prepare_control(job: ControlJob, ctx: RunOptions) -> ControlSetup:
     """The network, masks and seeds of one control run for the ticket at (trial, level).
 
     A control starts where the ticket's retraining starts. With late rewinding
@@ -307,25 +316,23 @@ def prepare_control(exp_dir: str, control: str, trial: int, level: int, run_inde
     change away from the ticket.) Without rewinding, k = 0 and the starting weights are the
     level-0 initial weights.
     """
+    exp_dir, control, trial, level, run_index = job.exp_dir, job.control, job.trial, job.level, job.run_index
     hp, seed = read_experiment(exp_dir)
     seeds = run_seeds(hp, seed, trial, level, control, run_index)
-    ticket = paths.run_dir(exp_dir, trial, level)
-    if not paths.is_complete(ticket):
+    ticket = layout.run_dir(exp_dir, trial, level)
+    if not layout.is_complete(ticket):
         raise LotteryError(f"the ticket run {ticket} is not complete; finish `lth lottery` first")
-    verify_run(ticket, [paths.MASKS])
-    masks = load_tensors(ticket / paths.MASKS)
+    masks = read_run_tensors(ticket, layout.MASKS)
     start = hp.training.rewind_iteration
-    level0 = paths.run_dir(exp_dir, trial, 0)
-    starting_weights = paths.REWIND if start > 0 else paths.INITIAL
-    verify_run(level0, [starting_weights])
-    original = load_tensors(level0 / starting_weights)
+    starting_weights = layout.REWIND if start > 0 else layout.INITIAL
+    original = read_run_tensors(layout.run_dir(exp_dir, trial, 0), starting_weights)
     run_seed = derive_seed("control", control, seed, trial, level, run_index)
     splits = load_splits(hp, ctx, seeds["labels"])
     fresh = new_model(hp, splits, run_seed).state_dict()
     weights, run_masks = control_init(control, original, fresh, masks, run_seed)
     return ControlSetup(
         hp=hp, splits=splits, model=new_model(hp, splits, run_seed, presets=weights), masks=run_masks,
-        order_seed=seeds["order"], out=paths.run_dir(exp_dir, trial, level, control, run_index),
+        order_seed=seeds["order"], out=layout.run_dir(exp_dir, trial, level, control, run_index),
         run_info={"trial": trial, "level": level, "control": control, "run_index": run_index,
                   "seeds": {**seeds, "control": run_seed},
                   # reuse once sampled from all initial values; marking the new sampling keeps
@@ -335,9 +342,9 @@ def prepare_control(exp_dir: str, control: str, trial: int, level: int, run_inde
     )
 
 
-def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: int, ctx: Context) -> None:
+def control_run(job: ControlJob, ctx: RunOptions) -> None:
     """One control run trained with the masks of the ticket at (trial, level)."""
-    c = prepare_control(exp_dir, control, trial, level, run_index, ctx)
+    c = prepare_control(job, ctx)
     started = time.time()
     result = train(
         c.model, c.splits, c.hp, order_seed=c.order_seed, masks=c.masks, output_dir=c.out, run_info=c.run_info,
@@ -349,20 +356,20 @@ def control_run(exp_dir: str, control: str, trial: int, level: int, run_index: i
 
 
 @contextlib.contextmanager
-def batched_checkpoint(exp_dir: str | Path, identity: dict, ctx: Context):
+def batched_checkpoint(exp_dir: str | Path, identity: dict, ctx: RunOptions):
     """The checkpoint arguments of `train_batched` for one batched computation, under a lock (one
     process trains a given set of runs at a time); the checkpoint goes once its runs are written."""
-    directory = paths.batched_checkpoint_dir(exp_dir, identity)
+    directory = layout.batched_checkpoint_dir(exp_dir, identity)
     with RunLock(directory):
         yield {"checkpoint_dir": directory, "checkpoint_seconds": ctx.checkpoint_seconds, "identity": identity}
         with contextlib.suppress(FileNotFoundError):
-            (directory / checkpoint.FILE).unlink()  # only after success: a failed run resumes from it
+            (directory / layout.CHECKPOINT_FILE).unlink()  # only after success: a failed run resumes from it
     for empty in (directory, directory.parent):  # (not empty if another process holds it now)
         with contextlib.suppress(OSError):
             empty.rmdir()
 
 
-def train_runs_batched(exp_dir: str | Path, runs: list[tuple], splits, hp: Hparams, ctx: Context,
+def train_runs_batched(exp_dir: str | Path, runs: list[tuple], splits, hp: Hparams, ctx: RunOptions,
                        start_iteration: int = 0) -> list:
     """Train `runs` -- (out, record, model, masks, order_seed) each -- as one batched computation,
     resumable from its checkpoint, and write each run's files; the `TrainResult`s."""
@@ -381,9 +388,9 @@ def train_runs_batched(exp_dir: str | Path, runs: list[tuple], splits, hp: Hpara
     return results
 
 
-def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
+def control_runs_batched(jobs: list[ControlJob], ctx: RunOptions) -> None:
     """All control runs in `jobs` as one batched computation (fully-connected models; same data)."""
-    setups = [prepare_control(*job, ctx) for job in jobs]
+    setups = [prepare_control(job, ctx) for job in jobs]
     if setups and per_trial_labels(setups[0].hp) and len({c.run_info["trial"] for c in setups}) > 1:
         raise LotteryError("--batched trains all runs on the same labels; trials with --permute-labels or "
                            "--random-labels differ")
@@ -391,16 +398,16 @@ def control_runs_batched(jobs: list[tuple], ctx: Context) -> None:
     for c in setups:
         record = run_record(c.hp, c.run_info)
         check_same_run(c.out, record)
-        if not paths.is_complete(c.out):
+        if not layout.is_complete(c.out):
             todo.append((c, record))
     if not todo:
         return
     first = todo[0][0]
     runs = [(c.out, record, c.model, c.masks, c.order_seed) for c, record in todo]
-    train_runs_batched(jobs[0][0], runs, first.splits, first.hp, ctx, start_iteration=first.start_iteration)
+    train_runs_batched(jobs[0].exp_dir, runs, first.splits, first.hp, ctx, start_iteration=first.start_iteration)
 
 
-def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], levels: int, ctx: Context) -> None:
+def lottery_batched(exp_dir: str, hp: Hparams, seed: int, trials: list[int], levels: int, ctx: RunOptions) -> None:
     """Trials 0..T-1 level by level, each level's trials trained as one batched computation.
 
     The same seeds and files as `lottery_trial` (bitwise on one thread). Resumes like
@@ -409,7 +416,6 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
     """
     from lottery_ticket.masking import full_masks
 
-    hp = Hparams.from_dict(hp_dict)
     if per_trial_labels(hp):
         raise LotteryError("--batched trains all trials on the same labels; it cannot be combined with "
                            "--permute-labels or --random-labels")
@@ -429,12 +435,12 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
         todo = []
         for t in trials:
             masks[t] = full_masks(template) if level == 0 else prune_masks(masks[t], final[t])
-            out = paths.run_dir(exp_dir, t, level)
+            out = layout.run_dir(exp_dir, t, level)
             run = run_seeds(hp, seed, t, level)
-            record = run_record(hp, {"trial": t, "level": level, "control": "main", "run_index": 0,
+            record = run_record(hp, {"trial": t, "level": level, "control": TICKET, "run_index": 0,
                                      "seeds": run})
             check_same_run(out, record)
-            if paths.is_complete(out):
+            if layout.is_complete(out):
                 keep(t, level, load_result(out))
             else:
                 todo.append((t, new_model(hp, splits, seeds[t]["model"], reset.get(t)), out, record))
@@ -447,30 +453,21 @@ def lottery_batched(exp_dir: str, hp_dict: dict, seed: int, trials: list[int], l
             keep(t, level, result)
 
 
-def experiment_trials(exp_dir: str | Path) -> list[int]:
-    found = []
-    for p in Path(exp_dir).glob("trial_*"):
-        suffix = p.name[len("trial_"):]
-        if suffix.isdigit():
-            found.append(int(suffix))
-    return sorted(found)
-
-
-def control_jobs(exp_dir: str | Path, control: str, levels: list[int], runs: int) -> list[tuple]:
+def control_jobs(exp_dir: str | Path, control: str, levels: list[int], runs: int) -> list[ControlJob]:
     if control not in CONTROLS:
         raise LotteryError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)}")
-    if not (Path(exp_dir) / paths.EXPERIMENT_FILE).exists():
-        raise LotteryError(f"{exp_dir} is not a lottery experiment (no {paths.EXPERIMENT_FILE}); run `lth lottery` first")
-    trials = experiment_trials(exp_dir)
+    if not is_experiment(exp_dir):
+        raise LotteryError(f"{exp_dir} is not a lottery experiment (no {layout.EXPERIMENT_FILE}); run `lth lottery` first")
+    trials = layout.trials_present(exp_dir)
     if not trials:
         raise LotteryError(f"{exp_dir} has no trials yet; run `lth lottery` first")
     jobs = []
     for trial in trials:
-        available = set(paths.levels_present(exp_dir, trial))
+        available = set(layout.levels_present(exp_dir, trial))
         missing = [lv for lv in levels if lv not in available]
         if missing:
             raise LotteryError(f"trial {trial} of {exp_dir} has no level(s) {missing}; it has {sorted(available)}")
-        jobs.extend((str(exp_dir), control, trial, level, r) for level in levels for r in range(runs))
+        jobs.extend(ControlJob(str(exp_dir), control, trial, level, r) for level in levels for r in range(runs))
     return jobs
 
 
@@ -506,20 +503,20 @@ def _init_worker(threads: int, datasets: dict, parent_pid: int, progress_queue) 
     _SHARED_DATASETS.update(datasets)
 
 
-def _call_job(fn, job: tuple, ctx: Context, parent_pid: int):
-    """fn(*job, ctx) in a worker; if the parent died meanwhile, exit once the run has stopped
+def _call_job(fn, job, ctx: RunOptions, parent_pid: int):
+    """fn(job, ctx) in a worker; if the parent died meanwhile, exit once the run has stopped
     (its checkpoint written, its lock released) rather than take the next job."""
     try:
-        return fn(*job, ctx)
+        return fn(job, ctx)
     except procs.Stopped:
         if not procs.parent_alive(parent_pid):
             os._exit(128 + signal.SIGTERM)
         raise
 
 
-def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, share: Hparams | None = None,
+def run_jobs(fn, jobs: list, workers: int, threads: int, ctx: RunOptions, share: Hparams | None = None,
              runs: int | None = None, what: str = "jobs") -> list:
-    """fn(*job, ctx) for every job, their results: in this process if `workers` is 1, else in a
+    """fn(job, ctx) for every job (a frozen dataclass such as `LotteryJob`, picklable), their results: in this process if `workers` is 1, else in a
     process pool whose workers find the dataset of `share` (if given) already loaded, in shared
     memory. `runs`: how many training runs the jobs make (for the progress view's ETA).
 
@@ -528,7 +525,7 @@ def run_jobs(fn, jobs: list[tuple], workers: int, threads: int, ctx: Context, sh
     raises `procs.Stopped`."""
     if workers <= 1 or len(jobs) <= 1:
         with torch_threads(threads):
-            return [fn(*job, ctx) for job in jobs]
+            return [fn(job, ctx) for job in jobs]
     if not ctx.quiet:
         print(f"starting {len(jobs)} {what} on {workers} worker processes x {threads} threads"
               + (f" ({runs} training runs)" if runs else ""), file=sys.stderr, flush=True)

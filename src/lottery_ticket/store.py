@@ -19,8 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from lottery_ticket import paths
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.layout import temp_name_pattern
 
 
 @contextlib.contextmanager
@@ -71,7 +71,7 @@ def remove_temp_files(directory: str | Path, names) -> None:
     """Delete the temporary files `write_bytes_atomic` left in `directory` (not below it) when
     killed mid-write while writing one of `names`: `.<name>.<random>.tmp`, nothing else, so a
     user's own files are never touched. Only for the directory's one writer (see lock.RunLock)."""
-    ours = paths.temp_name_pattern(names)
+    ours = temp_name_pattern(names)
     try:
         entries = list(Path(directory).iterdir())
     except (FileNotFoundError, NotADirectoryError):
@@ -123,46 +123,6 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def result_digests(run: str | Path) -> dict[str, str]:
-    """The SHA-256 of each result file the run directory holds (paths.RESULT_FILES), which
-    COMPLETE records so that later reads can tell a damaged file from a good one."""
-    run = Path(run)
-    return {name: sha256_file(run / name) for name in paths.RESULT_FILES if (run / name).is_file()}
-
-
-def verify_run(run: str | Path, names=None) -> None:
-    """Check a complete run's files (`names`, default every one recorded) against the SHA-256
-    digests its COMPLETE marker recorded; a missing or damaged file is a LotteryError naming it.
-
-    Runs that are not complete, and runs completed before digests were recorded (a COMPLETE
-    without "sha256"), are not checked: they stay readable as they are.
-    """
-    run = Path(run)
-    marker = run / paths.COMPLETE
-    if not marker.is_file():
-        return
-    record = read_json(marker)
-    digests = record.get("sha256") if isinstance(record, dict) else None
-    if digests is None:
-        return
-    advice = f"delete {run} and run the `lth` command that wrote it again to retrain it"
-    if not isinstance(digests, dict) or not set(digests) <= set(paths.RESULT_FILES):
-        raise LotteryError(f"damaged completion record {marker}; {advice}")
-    for name in paths.RESULT_FILES if names is None else names:
-        if name not in digests:
-            continue
-        path = run / name
-        try:
-            actual = sha256_file(path)
-        except FileNotFoundError:
-            raise LotteryError(f"{path} is missing from a complete run; {advice}") from None
-        except OSError as e:
-            raise LotteryError(f"cannot read {path}: {e.strerror}") from None
-        if actual != digests[name]:
-            raise LotteryError(f"{path} is damaged (its SHA-256 differs from the one recorded in {marker} "
-                               f"when the run completed); {advice}")
 
 
 def state_dict_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:

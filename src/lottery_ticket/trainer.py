@@ -12,73 +12,43 @@ buffer that is read once per evaluation.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
-import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lottery_ticket import paths, procs
+from lottery_ticket import layout, procs
 from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.fast_optim import make_update
-from lottery_ticket.hparams import Hparams, TrainingHparams, milestones
+from lottery_ticket.hparams import Hparams, TrainingHparams, check_rewind, milestones
+from lottery_ticket.layout.files import (
+    TensorBoard,
+    TrainResult,
+    check_same_run,
+    finish_run_files,
+    load_result,
+    run_record,
+    save_rewind,
+    start_run_files,
+    write_metrics,
+)
 from lottery_ticket.lock import RunLock
 from lottery_ticket.masking import Masks, gradient_mask_pairs, mask_gradients, prepare_masks
-from lottery_ticket.store import (
-    load_tensors,
-    read_json,
-    result_digests,
-    save_tensors,
-    state_dict_copy,
-    verify_run,
-    write_json,
-    write_text_atomic,
-)
+from lottery_ticket.store import load_tensors, state_dict_copy
 
 EVAL_BATCH = 1_000  # small enough for conv activations; large enough to amortize overhead
-METRIC_COLUMNS = ("iteration", "split", "loss", "accuracy")
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class TrainingDiverged(LotteryError):
     """The training loss became NaN or infinite; the run was stopped with its files kept."""
-
-
-@dataclass
-class TrainResult:
-    initial: dict[str, torch.Tensor]  # state dict before training (masks applied)
-    final: dict[str, torch.Tensor]  # state dict after training
-    # the state dict later levels reset to: `initial`, or the one at --rewind-iteration (late
-    # rewinding; None only if training stopped before reaching it)
-    rewind: dict[str, torch.Tensor] | None
-    metrics: list[tuple[int, str, float, float]] = field(default_factory=list)
-    resumed_from: int = 0  # iteration the run continued from (0 if it started fresh)
-    callback_rows: dict[str, list[dict]] = field(default_factory=dict)  # rows of each evaluation callback
-
-
-def versions() -> dict[str, str]:
-    import numpy
-
-    import lottery_ticket
-
-    return {
-        "lottery_ticket": lottery_ticket.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
 
 
 def total_iterations(t: TrainingHparams, num_train: int, batch_size: int) -> int:
@@ -173,49 +143,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss.item() / len(y), correct.item() / len(y)
 
 
-def metrics_csv(rows: list[tuple[int, str, float, float]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(METRIC_COLUMNS)
-    for iteration, split, loss, accuracy in rows:
-        writer.writerow([iteration, split, repr(float(loss)), repr(float(accuracy))])
-    return buffer.getvalue()
-
-
-def read_metrics(path: str | Path) -> list[tuple[int, str, float, float]]:
-    path = Path(path)
-    try:
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader)
-            if tuple(header) != METRIC_COLUMNS:
-                raise LotteryError(f"corrupted metrics file {path}: unexpected header {header}")
-            return [(int(r[0]), r[1], float(r[2]), float(r[3])) for r in reader]
-    except (OSError, StopIteration, ValueError, IndexError) as e:
-        raise LotteryError(f"corrupted metrics file {path}: {e}") from None
-
-
-class _TensorBoard:
-    """Scalars under consistent tags (loss/<split>, accuracy/<split>); created lazily, resumable."""
-
-    def __init__(self, directory: Path | None, purge_step: int | None):
-        self.writer = None
-        if directory is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(directory), purge_step=purge_step)
-
-    def log(self, rows) -> None:
-        if self.writer is not None:
-            for iteration, split, loss, accuracy in rows:
-                self.writer.add_scalar(f"loss/{split}", loss, iteration)
-                self.writer.add_scalar(f"accuracy/{split}", accuracy, iteration)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 def train(
     model: nn.Module,
     splits,
@@ -251,7 +178,7 @@ def train(
     record = run_record(hp, run_info or {})
     if out is not None:
         check_same_run(out, record)
-        if paths.is_complete(out):
+        if layout.is_complete(out):
             procs.progress("done", str(out), False)
             return load_result(out)
         procs.check_stop()  # (asked to stop between runs: start no new one)
@@ -268,54 +195,6 @@ def train(
             lock.release()
 
 
-def run_record(hp: Hparams, run_info: dict) -> dict:
-    """The contents of run.json: what a run is (hyperparameters, identity) and what ran it."""
-    return {"hparams": hp.to_dict(), "run": run_info, "versions": versions()}
-
-
-def check_same_run(out: Path, record: dict) -> None:
-    """Refuse to touch a run directory that holds a run with other settings."""
-    run_file = out / paths.RUN_FILE
-    verify_run(out, [paths.RUN_FILE])  # (a complete run's) before trusting what it says
-    if not run_file.exists():
-        return
-    old = read_json(run_file)
-    from lottery_ticket.hparams import Hparams as H
-    from lottery_ticket.hparams import diff
-
-    try:
-        if not isinstance(old, dict) or not isinstance(old.get("run"), dict):
-            raise LotteryError("it has no run identity")
-        old_hp = H.from_dict(old.get("hparams"))
-    except LotteryError as e:
-        raise LotteryError(f"{run_file} is not a valid lottery_ticket run record ({e}); "
-                           f"restore it, or delete {out} to train the run again") from None
-    # compared as read (older records upgraded to what they ran, see hparams._upgrade)
-    if old_hp.to_dict() != record["hparams"] or old["run"] != record["run"]:
-        changes = diff(old_hp, H.from_dict(record["hparams"]))
-        changes += [f"run.{k}: {old.get('run', {}).get(k)!r} -> {v!r}" for k, v in record["run"].items()
-                    if old.get("run", {}).get(k) != v]
-        raise LotteryError(
-            f"{out} holds a run with different settings ({'; '.join(changes) or 'run identity differs'}); "
-            "use another --output-dir or delete it"
-        )
-
-
-def load_result(out: str | Path) -> TrainResult:
-    """The result of a complete run, read back from its files, each checked against the digest
-    COMPLETE recorded (runs completed before digests were recorded are read unchecked)."""
-    out = Path(out)
-    verify_run(out)
-    rewind_file = out / paths.REWIND
-    initial = load_tensors(out / paths.INITIAL)
-    return TrainResult(
-        initial=initial,
-        final=load_tensors(out / paths.FINAL),
-        rewind=load_tensors(rewind_file) if rewind_file.exists() else initial,
-        metrics=read_metrics(out / paths.METRICS),
-    )
-
-
 def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, checkpoint_seconds, fast, stop_after,
            start_iteration, eval_threads, background_eval, callbacks=None):
     from lottery_ticket.data.order import TrainingOrder
@@ -328,8 +207,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     validation = (splits.validation_x.to(device), splits.validation_y.to(device))
     test = (splits.test_x.to(device), splits.test_y.to(device))
     total = total_iterations(t, len(train_y), hp.dataset.batch_size)
-    if t.rewind_iteration > total:
-        raise LotteryError(f"--rewind-iteration {t.rewind_iteration} is beyond the {total} training iterations")
+    check_rewind(t, total)  # (here too for --epochs, and for library callers)
     order = TrainingOrder(len(train_y), hp.dataset.batch_size, order_seed, device=device)
     augment = None
     if hp.dataset.augment:
@@ -346,7 +224,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     start = first = start_iteration
     if not 0 <= start_iteration < total:
         raise LotteryError(f"start iteration {start_iteration} must be in [0, {total})")
-    checkpoint_dir = out / paths.CHECKPOINT if out is not None else None
+    checkpoint_dir = out / layout.CHECKPOINT if out is not None else None
     recorder = None  # evaluation callbacks: called at evaluations only, never per step
     if callbacks:
         from lottery_ticket.callbacks import Recorder
@@ -358,12 +236,12 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             rows = [tuple(r) for r in extra["metrics"]]
             if recorder is not None:
                 recorder.load(extra.get("callbacks", {}))
-            initial = load_tensors(out / paths.INITIAL)
-            if t.rewind_iteration > 0 and (out / paths.REWIND).exists():
-                rewind = load_tensors(out / paths.REWIND)
+            initial = load_tensors(out / layout.INITIAL)
+            if t.rewind_iteration > 0 and (out / layout.REWIND).exists():
+                rewind = load_tensors(out / layout.REWIND)
         else:
             start_run_files(out, record, masks, initial)
-    tensorboard = _TensorBoard(out / paths.TENSORBOARD if out is not None else None, purge_step=start if start > first else None)
+    tensorboard = TensorBoard(out, purge_step=start if start > first else None)
 
     per_epoch = len(train_y) // hp.dataset.batch_size
     schedule = bool(t.warmup_iterations or milestones(t, per_epoch))
@@ -436,7 +314,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
         extra = {"metrics": rows} if recorder is None else {"metrics": rows, "callbacks": recorder.state()}
         save_checkpoint(checkpoint_dir, model, optimizer, iteration, extra,
                         {"window_loss": window_loss, "window_correct": window_correct})
-        write_text_atomic(out / paths.METRICS, metrics_csv(rows))
+        write_metrics(out, rows)
         if recorder is not None:
             recorder.write(out)
         if tensorboard.writer is not None:
@@ -480,7 +358,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
             if iteration == t.rewind_iteration and t.rewind_iteration > 0:
                 rewind = state_dict_copy(model)
                 if out is not None:
-                    save_tensors(out / paths.REWIND, rewind)
+                    save_rewind(out, rewind)
             if iteration % t.eval_every == 0 or iteration == total:
                 new = log_evaluation(iteration, window)
                 log_rows(new)
@@ -501,13 +379,13 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
         if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
             where = f"last good checkpoint in {checkpoint_dir}"
         if out is not None:
-            write_text_atomic(out / paths.METRICS, metrics_csv(rows))
+            write_metrics(out, rows)
             if recorder is not None:
                 recorder.write(out)
         raise TrainingDiverged(
             f"training loss became NaN or infinite at iteration {d.iteration}; "
             f"metrics up to iteration {rows[-1][0] if rows else 0} kept"
-            + (f" in {out / paths.METRICS}" if out is not None else "") + f"; {where}"
+            + (f" in {out / layout.METRICS}" if out is not None else "") + f"; {where}"
         ) from None
     finally:
         if background is not None:
@@ -529,44 +407,6 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
         finish_run_files(out, rows, final, total)
     procs.progress("done", key, True)
     return TrainResult(initial, final, rewind, rows, start, callback_rows)
-
-
-def start_run_files(out: Path, record: dict, masks: Masks, initial: dict) -> None:
-    """The files a run has from its start: settings, masks, initial weights."""
-    write_json(out / paths.RUN_FILE, record)
-    save_tensors(out / paths.MASKS, masks)
-    save_tensors(out / paths.INITIAL, initial)
-
-
-def finish_run_files(out: Path, rows: list, final: dict, total: int) -> None:
-    """The files a run gets at its end; COMPLETE, with the SHA-256 of every result file (checked
-    whenever they are read back, see store.verify_run), is written last, then the checkpoint goes."""
-    write_text_atomic(out / paths.METRICS, metrics_csv(rows))
-    save_tensors(out / paths.FINAL, final)
-    write_json(out / paths.COMPLETE, {"iterations": total, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                      "sha256": result_digests(out)})
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(out / paths.CHECKPOINT)
-
-
-def write_run(out: str | Path, record: dict, masks: Masks, result: TrainResult, total: int) -> None:
-    """All files of a run trained elsewhere (e.g. batched): the same files `train` writes."""
-    out = Path(out)
-    check_same_run(out, record)
-    with RunLock(out):
-        if paths.is_complete(out):  # another process finished it meanwhile
-            return
-        start_run_files(out, record, masks, result.initial)
-        if result.rewind is not None and record["hparams"]["training"]["rewind_iteration"] > 0:
-            save_tensors(out / paths.REWIND, result.rewind)
-        board = _TensorBoard(out / paths.TENSORBOARD, purge_step=None)
-        board.log(result.metrics)
-        board.close()
-        if result.callback_rows:
-            from lottery_ticket.callbacks import write_rows
-
-            write_rows(out, result.callback_rows)
-        finish_run_files(out, result.metrics, result.final, total)
 
 
 class _Diverged(Exception):

@@ -5,7 +5,7 @@ does not load matplotlib)::
 
     early_stopping(metrics) -> dict                      # one run's metrics table
     load_results(experiment_dir) -> DataFrame            # one row per run
-    load_metrics(experiment_dir, controls=("main",)) -> DataFrame   # long metrics table
+    load_metrics(experiment_dir, controls=(layout.TICKET,)) -> DataFrame   # long metrics table
     aggregate(df) -> DataFrame                           # mean/std/count per (level, control)
     write_csv(df, path) -> Path
     summary_table(experiment_dir) -> str                 # fixed-width text for the CLI

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-METRIC_COLUMNS = ("iteration", "split", "loss", "accuracy")
+from lottery_ticket.layout.metrics import METRIC_COLUMNS, read_metrics_lines  # noqa: F401  (re-exported)
 
 EARLY_STOPPING_KEYS = (
     "early_stop_iteration",
@@ -56,19 +56,15 @@ _NAN = math.nan
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
-    """Read a ``metrics.csv`` robustly; an unreadable or missing file gives an empty table.
+    """Read a ``metrics.csv`` robustly into a table (its lines read by
+    ``layout.metrics.read_metrics_lines``); an unreadable or missing file gives an empty table.
 
     The file may be appended to while a run is training, so a last line without its newline
     (a row being written: ``200,validation,0.`` would parse as a loss of 0) is dropped, and
     malformed rows are skipped rather than raising.  ``iteration`` is an integer column,
     ``loss`` and ``accuracy`` floats (empty cells become NaN), ``split`` a string.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return empty_metrics()
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
+    text = read_metrics_lines(path)
     try:
         raw = pd.read_csv(io.StringIO(text), dtype=str, on_bad_lines="skip",
                           keep_default_na=False)

@@ -32,10 +32,11 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
+from lottery_ticket import layout
 from lottery_ticket.analysis.table import aggregate, control_sort_key, format_pm
 
 CONTROL_STYLES: dict[str, dict] = {
-    "main": {"color": "#1f77b4", "marker": "o", "label": "winning ticket"},
+    layout.TICKET: {"color": "#1f77b4", "marker": "o", "label": "winning ticket"},
     "reinit": {"color": "#ff7f0e", "marker": "s", "label": "random reinit"},
     "reuse": {"color": "#2ca02c", "marker": "^", "label": "reuse"},
     "reuse_sign": {"color": "#9467bd", "marker": "D", "label": "reuse sign"},
@@ -298,7 +299,7 @@ def plot_accuracy_curves(
     pm_by_level: dict[int, float],
     *,
     levels: Sequence[int] | None = None,
-    control: str = "main",
+    control: str = layout.TICKET,
     split: str = "test",
 ) -> Figure:
     """Accuracy over training iterations, one line per level (mean over trials, ±1 std band).
@@ -338,7 +339,7 @@ def plot_accuracy_curves(
             ax.grid(True)
             ax.set_title(title)
         _zoom_to_top(ax_zoom, means)
-        fig.suptitle(CAPTIONS["accuracy_curves"][0] if split == "test" and control == "main"
+        fig.suptitle(CAPTIONS["accuracy_curves"][0] if split == "test" and control == layout.TICKET
                      else f"{split.capitalize()} accuracy during training ({control})")
         if levels:
             # Bottom right of the whole-run panel is empty once curves plateau; in the zoomed
@@ -432,9 +433,9 @@ def make_plots(
         save("early_stop_accuracy", plot_early_stop_accuracy(agg, errorbars=errorbars),
              bar_note)
     if metrics is not None and not metrics.empty:
-        main = agg[agg["control"] == "main"] if not agg.empty else agg
+        main = agg[agg["control"] == layout.TICKET] if not agg.empty else agg
         pm_by_level = {int(r.level): float(r.pm) for r in main.itertuples()}
-        test_rows = metrics[(metrics["control"] == "main") & (metrics["split"] == "test")]
+        test_rows = metrics[(metrics["control"] == layout.TICKET) & (metrics["split"] == "test")]
         if test_rows["accuracy"].notna().any():
             save("accuracy_curves", plot_accuracy_curves(metrics, pm_by_level, levels=levels))
     if _has_data(agg, "final_train_accuracy") or _has_data(agg, "final_test_accuracy"):

@@ -23,12 +23,11 @@ import datetime as _dt
 import html
 import json
 import os
-import platform
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from lottery_ticket import layout
 from lottery_ticket.analysis.plots import Plot, make_plots
 from lottery_ticket.analysis.table import (
     aggregate,
@@ -92,36 +91,29 @@ def experiment_info(experiment_dir: str | Path, results: pd.DataFrame | None = N
     file used (relative to the experiment directory) or is ``""``.
     """
     root = Path(experiment_dir)
-    data = _read_json(root / "experiment.json")
+    data = _read_json(root / layout.EXPERIMENT_FILE)
     if data is not None:
         return {"kind": str(data.get("kind", "")), "hparams": data.get("hparams") or {},
-                "versions": data.get("versions") or {}, "source": "experiment.json"}
+                "versions": data.get("versions") or {}, "source": layout.EXPERIMENT_FILE}
     if results is None:
         results = load_results(root)
     for path in results["path"] if len(results) else []:
-        run = _read_json(Path(path) / "run.json")
+        run = _read_json(Path(path) / layout.RUN_FILE)
         if run is not None:
             return {"kind": "", "hparams": run.get("hparams") or {},
                     "versions": run.get("versions") or {},
-                    "source": str((Path(path) / "run.json").relative_to(root))}
+                    "source": str((Path(path) / layout.RUN_FILE).relative_to(root))}
     return {"kind": "", "hparams": {}, "versions": {}, "source": ""}
 
 
 def analysis_versions() -> dict[str, str]:
-    """Versions of the software that produced the report."""
+    """Versions of the software that produced the report: those a run records
+    (`layout.files.versions`) and the plotting libraries."""
     import matplotlib
-    import torch
 
-    import lottery_ticket
+    from lottery_ticket.layout.files import versions
 
-    return {
-        "python": platform.python_version(),
-        "lottery_ticket": getattr(lottery_ticket, "__version__", "?"),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "matplotlib": matplotlib.__version__,
-    }
+    return {**versions(), "pandas": pd.__version__, "matplotlib": matplotlib.__version__}
 
 
 def _value_text(value) -> str:
@@ -402,18 +394,18 @@ def write_report(
     if not root.is_dir():
         raise LotteryError(f"experiment directory not found: {root}")
     out = Path(out_dir) if out_dir is not None else root
-    plots_dir = out / "plots"
+    plots_dir = out / layout.PLOTS
 
     results = load_results(root)
     used = results if include_incomplete else results[results["complete"]]
     used = used[used["has_metrics"]]
     agg = aggregate(used)
-    metrics = load_metrics(root, controls=("main",), complete_only=not include_incomplete)
+    metrics = load_metrics(root, controls=(layout.TICKET,), complete_only=not include_incomplete)
     plots: list[Plot] = make_plots(agg, metrics, plots_dir, levels=levels, errorbars=errorbars)
 
     portable = results.assign(path=[os.path.relpath(p, root) for p in results["path"]])
-    results_csv = write_csv(portable, out / "results.csv")
-    aggregate_csv = write_csv(agg, out / "aggregate.csv")
+    results_csv = write_csv(portable, out / layout.RESULTS_CSV)
+    aggregate_csv = write_csv(agg, out / layout.AGGREGATE_CSV)
 
     info = experiment_info(root, results)
     status = _status(results)
@@ -456,8 +448,8 @@ def write_report(
         "rel": rel,
     }
 
-    html_path = out / "report.html"
-    md_path = out / "report.md"
+    html_path = out / layout.REPORT_HTML
+    md_path = out / layout.REPORT_MD
     write_text_atomic(html_path, _render_html(ctx))
     write_text_atomic(md_path, _render_markdown(ctx))
 

@@ -1,8 +1,7 @@
 """The tidy results table: one row per run of an experiment directory, and its aggregates.
 
-Reads the layout of ``docs/architecture.md``::
-
-    <experiment>/trial_<t>/level_<k>/<run>/{run.json, metrics.csv, masks.safetensors, COMPLETE}
+Reads the layout of ``docs/architecture.md`` through ``lottery_ticket.layout`` (its one owner):
+every run directory of an experiment, with its run.json, metrics.csv, masks and COMPLETE.
 
 Everything here works on a *running* experiment: a run directory without ``metrics.csv``
 gets NaN metrics, one without ``masks.safetensors`` gets NaN Pm, one without ``COMPLETE``
@@ -20,22 +19,24 @@ percentages.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lottery_ticket import layout
 from lottery_ticket.analysis.early_stopping import (
     EARLY_STOPPING_KEYS,
     early_stopping,
     read_metrics,
 )
+from lottery_ticket.layout import RunDir, find_runs  # noqa: F401  (re-exported: the layout owns them)
+from lottery_ticket.layout import kind_sort_key as control_sort_key
+from lottery_ticket.layout import run_kind as parse_run_name  # noqa: F401  (re-exported)
 
-CONTROL_ORDER = ("main", "reinit", "reuse", "reuse_sign", "random")
-"""Known run kinds, in display order; unknown kinds sort after these, alphabetically."""
+CONTROL_ORDER = layout.RUN_KINDS
+"""Known run kinds, in display order (`layout.RUN_KINDS`); unknown kinds sort after these, alphabetically."""
 
 METRICS = EARLY_STOPPING_KEYS
 """The per-run numeric columns that :func:`aggregate` summarizes."""
@@ -56,87 +57,16 @@ BASE_COLUMNS = (
     "path",
 )
 
-_TRIAL_RE = re.compile(r"^trial_(\d+)$")
-_LEVEL_RE = re.compile(r"^level_(\d+)$")
-_RUN_RE = re.compile(r"^(?P<control>[A-Za-z][A-Za-z0-9_]*?)_(?P<index>\d+)$")
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """One run directory found in an experiment, with what its path says about it."""
-
-    path: Path
-    trial: int
-    level: int
-    run: str
-    control: str
-    run_index: int
-
-
-def parse_run_name(name: str) -> tuple[str, int]:
-    """``"main"`` -> ``("main", 0)``; ``"reuse_sign_3"`` -> ``("reuse_sign", 3)``.
-
-    A name without a numeric suffix is its own control with index 0.
-    """
-    match = _RUN_RE.match(name)
-    if match:
-        return match.group("control"), int(match.group("index"))
-    return name, 0
-
-
-def control_sort_key(control: str) -> tuple[int, str]:
-    """Sort key putting the ticket first, then the known controls, then anything else."""
-    if control in CONTROL_ORDER:
-        return CONTROL_ORDER.index(control), ""
-    return len(CONTROL_ORDER), control
-
-
-def _numbered_subdirs(directory: Path, pattern: re.Pattern) -> list[tuple[int, Path]]:
-    found = []
-    try:
-        entries = list(directory.iterdir())
-    except OSError:
-        return []
-    for entry in entries:
-        match = pattern.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
-    return sorted(found, key=lambda item: item[0])
-
-
-def find_runs(experiment_dir: str | Path) -> list[RunDir]:
-    """All run directories under ``trial_<t>/level_<k>/``, sorted by (trial, level, kind, index).
-
-    Anything that does not follow the layout (other files, stray folders such as a report's
-    ``plots/``) is ignored.
-    """
-    root = Path(experiment_dir)
-    runs = []
-    for trial, trial_dir in _numbered_subdirs(root, _TRIAL_RE):
-        for level, level_dir in _numbered_subdirs(trial_dir, _LEVEL_RE):
-            try:
-                entries = sorted(level_dir.iterdir())
-            except OSError:
-                continue
-            for run_dir in entries:
-                if not run_dir.is_dir() or run_dir.name.startswith("."):
-                    continue
-                control, index = parse_run_name(run_dir.name)
-                runs.append(RunDir(run_dir, trial, level, run_dir.name, control, index))
-    runs.sort(key=lambda r: (r.trial, r.level, control_sort_key(r.control), r.run_index, r.run))
-    return runs
-
-
 def mask_density(masks_path: str | Path) -> dict[str, float]:
     """Percent of weights remaining from a ``masks.safetensors`` file.
 
     Returns ``{"pm": overall, "pm_<tensor name>": per tensor, ...}`` where overall counts all
     tensors together (100 * ones / size).  A missing or unreadable file gives ``{}``.
     """
-    from safetensors.torch import load_file
+    from lottery_ticket.store import load_tensors
 
     try:
-        masks = load_file(str(masks_path))
+        masks = load_tensors(masks_path)
     except Exception:  # missing, truncated or not a safetensors file: treat as absent
         return {}
     result: dict[str, float] = {}
@@ -156,19 +86,18 @@ def mask_density(masks_path: str | Path) -> dict[str, float]:
 def run_row(run: RunDir) -> dict:
     """The results-table row of one run directory (never raises on missing files; raises
     LotteryError on a damaged file of a complete run)."""
-    from lottery_ticket import paths
-    from lottery_ticket.store import verify_run
+    from lottery_ticket.layout.files import verify_run
 
-    verify_run(run.path, [paths.RUN_FILE, paths.METRICS, paths.MASKS])
-    metrics_path = run.path / "metrics.csv"
-    masks_path = run.path / "masks.safetensors"
+    verify_run(run.path, [layout.RUN_FILE, layout.METRICS, layout.MASKS])
+    metrics_path = run.path / layout.METRICS
+    masks_path = run.path / layout.MASKS
     row: dict = {
         "trial": run.trial,
         "level": run.level,
         "run": run.run,
         "control": run.control,
         "run_index": run.run_index,
-        "complete": (run.path / "COMPLETE").is_file(),
+        "complete": layout.is_complete(run.path),
         "has_metrics": False,
         "has_masks": False,
         "path": str(run.path),
@@ -212,7 +141,7 @@ def load_results(experiment_dir: str | Path) -> pd.DataFrame:
 def load_metrics(
     experiment_dir: str | Path,
     *,
-    controls: Iterable[str] | None = ("main",),
+    controls: Iterable[str] | None = (layout.TICKET,),
     complete_only: bool = False,
 ) -> pd.DataFrame:
     """The metrics of many runs in one long table (for training curves).
@@ -221,20 +150,19 @@ def load_metrics(
     ``controls=None`` reads every run; ``complete_only`` skips runs without ``COMPLETE``.
     A complete run's ``metrics.csv`` is checked against its recorded digest first.
     """
-    from lottery_ticket import paths
-    from lottery_ticket.store import verify_run
+    from lottery_ticket.layout.files import verify_run
 
     wanted = None if controls is None else set(controls)
     frames = []
     for run in find_runs(experiment_dir):
         if wanted is not None and run.control not in wanted:
             continue
-        if complete_only and not (run.path / "COMPLETE").is_file():
+        if complete_only and not layout.is_complete(run.path):
             continue
-        metrics_path = run.path / "metrics.csv"
+        metrics_path = run.path / layout.METRICS
         if not metrics_path.is_file():
             continue
-        verify_run(run.path, [paths.METRICS])
+        verify_run(run.path, [layout.METRICS])
         metrics = read_metrics(metrics_path)
         if metrics.empty:
             continue
@@ -256,7 +184,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and count over trials, per (level, control).
 
     Runs of one control at one level are pooled: with several controls per trial
-    (``reinit_0``, ``reinit_1``) all of them count.  Filter ``df`` first to choose which runs
+    (runs 0 and 1 of ``reinit``) all of them count.  Filter ``df`` first to choose which runs
     are included (e.g. ``df[df.complete]``).
 
     Columns: ``level, control, runs`` (rows pooled), ``trials`` (distinct trials),
@@ -347,13 +275,7 @@ def format_mean_std(mean: float, std: float, *, scale: float = 1.0, digits: int 
 
 def control_label(control: str) -> str:
     """Short human names for run kinds, used in tables and legends."""
-    return {
-        "main": "ticket",
-        "reinit": "reinit",
-        "reuse": "reuse",
-        "reuse_sign": "reuse_sign",
-        "random": "random",
-    }.get(control, control)
+    return {layout.TICKET: "ticket"}.get(control, control)
 
 
 def summary_rows(agg: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -365,7 +287,7 @@ def summary_rows(agg: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     rows = []
     for level in sorted(agg["level"].unique()) if len(agg) else []:
         at_level = agg[agg["level"] == level]
-        main = at_level[at_level["control"] == "main"]
+        main = at_level[at_level["control"] == layout.TICKET]
         pm = main["pm"].iloc[0] if len(main) else _mean(at_level["pm"])
         cells = [str(int(level)), format_pm(pm)]
         for control in controls:
