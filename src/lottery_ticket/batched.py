@@ -220,7 +220,7 @@ def train_batched(
 
     Returns one `TrainResult` per network, as `trainer.train(models[k], splits, hp,
     order_seed=order_seeds[k], masks=masks[k], device=device, start_iteration=start_iteration)`
-    would (same metric rows: validation/test every `eval_every`, train_batch, the final full
+    would (same metric rows: validation/test at every evaluation, train_batch, the final full
     training split; same initial/final/rewind state dicts), bitwise on one thread. Like `train`,
     it applies the masks to the models and leaves them trained.
 

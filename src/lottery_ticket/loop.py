@@ -83,7 +83,8 @@ class Engine:
 
 
 class Journal:
-    """What a run writes while it trains (besides its checkpoint); the default writes nothing."""
+    """What a one-network run writes while it trains (besides its checkpoint): it gets network 0's
+    rows. The default writes nothing (a batched computation's runs are written when it ends)."""
 
     def start(self, iteration: int, resumed: bool) -> None: ...
 
