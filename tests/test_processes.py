@@ -179,7 +179,7 @@ def stop_at_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(procs, "stop_signal", lambda: int(signal.SIGINT))
 
 
-@pytest.mark.parametrize("step", [1, 137], ids=["first-step", "mid-window"])
+@pytest.mark.parametrize("step", [0, 1, 137], ids=["before-the-first-step", "first-step", "mid-window"])
 def test_a_stopped_run_checkpoints_and_resumes_bitwise(splits, tmp_path, monkeypatch, step):
     """In one process (`lth train`, `--workers 1`): the loop stops at the step the request comes."""
     from dataclasses import replace

@@ -160,6 +160,24 @@ def test_corrupted_checkpoint_is_a_clear_error(splits, tmp_path):
         train(lenet(), splits, HP, order_seed=0, output_dir=out)
 
 
+def test_a_checkpoint_of_an_older_version_is_a_clear_error(splits, tmp_path):
+    """The loop's checkpoint layout changed (one loop for 1 or K networks): an interrupted run of
+    the old layout is refused with a one-line hint, not a KeyError."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = tmp_path / "run"
+    train(lenet(), splits, HP, order_seed=0, output_dir=out, stop_after=150, checkpoint_seconds=1e9)
+    state = out / layout.CHECKPOINT / "state.safetensors"
+    with safe_open(str(state), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["extra"] = {"metrics": meta["extra"]["rows"][0]}  # what the old single-run loop saved
+    save_file(tensors, str(state), metadata={"meta": json.dumps(meta)})
+    with pytest.raises(LotteryError, match="older version; delete it"):
+        train(lenet(), splits, HP, order_seed=0, output_dir=out)
+
+
 def test_augmented_training_is_deterministic():
     from conftest import synthetic_splits
 

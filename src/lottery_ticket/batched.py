@@ -14,8 +14,8 @@ differently than mm, so equal to rounding):
 * the optimizer is `trainer.make_optimizer` over per-network views of the stacked tensors (see
   StackedFC), so its fused kernel rounds each network's update as a separate optimizer would;
 * masks touch gradients through `masking.mask_gradients`, on (stacked grad, stacked mask) pairs;
-* evaluation copies the weights back into each network's own module and calls
-  `trainer.evaluate`, so the metric rows are built exactly as `trainer.train` builds them.
+* evaluation copies the weights back into each network's own module (`BatchedEngine.models`),
+  and the training loop (loop.py, the same as `trainer.train`'s) evaluates and logs each one.
 
 No output directory: the caller writes each network's run files from the returned
 `TrainResult`s (runner.lottery_batched, runner.control_runs_batched). Checkpoints of the whole
@@ -24,15 +24,12 @@ batched state, and resume from them, are optional (`checkpoint_dir`).
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from lottery_ticket import procs
-from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from lottery_ticket import loop
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.fast_mlp import (
     _log_softmax_backward,
@@ -41,18 +38,12 @@ from lottery_ticket.fast_mlp import (
     _relu_backward,
 )
 from lottery_ticket.fast_optim import make_update
-from lottery_ticket.hparams import Hparams, check_rewind, milestones
+from lottery_ticket.hparams import Hparams
+from lottery_ticket.loop import Engine, TrainResult
 from lottery_ticket.masking import Masks, mask_gradients, prepare_masks
 from lottery_ticket.models.fc import FullyConnected
 from lottery_ticket.store import state_dict_copy
-from lottery_ticket.trainer import (
-    TrainingDiverged,
-    TrainResult,
-    evaluate,
-    learning_rate,
-    make_optimizer,
-    total_iterations,
-)
+from lottery_ticket.trainer import make_optimizer, total_iterations
 
 
 class StackedFC(nn.Module):
@@ -165,6 +156,52 @@ def make_batched_step(stacked: StackedFC, optimizer: torch.optim.Optimizer, mask
     return step
 
 
+class BatchedEngine(Engine):
+    """K fully-connected networks of one architecture, stacked (`StackedFC`): one step trains all
+    of them, network k on the batch of `order_seeds[k]`. Per network, it does exactly what
+    `trainer.SingleEngine` does before the first step (models moved, masks applied to them)."""
+
+    def __init__(self, models: list[nn.Module], splits, hp: Hparams, order_seeds: list[int],
+                 masks: list[Masks | None], device: torch.device):
+        from lottery_ticket.data.order import TrainingOrder
+
+        widths = _widths(models[0])
+        for model in models[1:]:
+            if _widths(model) != widths:
+                raise LotteryError(f"all models must have the same layer widths; got {widths} and {_widths(model)}")
+        if hp.dataset.augment:
+            raise LotteryError("batched training does not support --augment")
+        k, batch_size = len(models), hp.dataset.batch_size
+        layer_names = [name for name, p in models[0].named_parameters() if name.endswith("weight")]
+        run_masks = [prepare_masks(model.to(device), mask, device) for model, mask in zip(models, masks, strict=True)]
+        self.networks, self.batch_size, self._models = k, batch_size, models
+        self.masks = run_masks
+        self.train = (splits.train_x.to(device).reshape(len(splits.train_y), -1), splits.train_y.to(device))
+        train_x, train_y = self.train
+        self.orders = [TrainingOrder(len(train_y), batch_size, seed, device=device) for seed in order_seeds]
+        self.module = StackedFC(models)  # on the models' device
+        stacked_masks = [
+            torch.stack([m.get(name, torch.ones_like(models[0].get_parameter(name))) for m in run_masks])
+            for name in layer_names
+        ]
+        self.optimizer = make_optimizer(self.module, hp.training)
+        self._step = make_batched_step(self.module, self.optimizer, stacked_masks)
+        self.x = torch.empty(k * batch_size, train_x.shape[1], dtype=train_x.dtype, device=device)
+        self.index = torch.empty(k * batch_size, dtype=torch.int64, device=device)
+        self.y = torch.empty(k * batch_size, dtype=train_y.dtype, device=device)
+
+    def step(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.cat([order.batch(iteration) for order in self.orders], out=self.index)
+        torch.index_select(self.train[0], 0, self.index, out=self.x)
+        torch.index_select(self.train[1], 0, self.index, out=self.y)
+        k, batch_size = self.networks, self.batch_size
+        return self._step(self.x.view(k, batch_size, -1), self.y.view(k, batch_size))
+
+    def models(self) -> list[nn.Module]:
+        self.module.copy_into(self._models)
+        return self._models
+
+
 def train_batched(
     models: list[nn.Module],
     splits,
@@ -183,7 +220,7 @@ def train_batched(
 
     Returns one `TrainResult` per network, as `trainer.train(models[k], splits, hp,
     order_seed=order_seeds[k], masks=masks[k], device=device, start_iteration=start_iteration)`
-    would (same metric rows: validation/test every `eval_every`, train_batch, the final full
+    would (same metric rows: validation/test at every evaluation, train_batch, the final full
     training split; same initial/final/rewind state dicts), bitwise on one thread. Like `train`,
     it applies the masks to the models and leaves them trained.
 
@@ -194,152 +231,15 @@ def train_batched(
     `stop_after` ends training early at that iteration, leaving a checkpoint (for tests).
     `callbacks` run at every evaluation for each network, as in `train`.
     """
-    from lottery_ticket.data.order import TrainingOrder
-
     if not models:
         raise LotteryError("train_batched needs at least one model")
     masks = [None] * len(models) if masks is None else list(masks)
     if not len(models) == len(order_seeds) == len(masks):
         raise LotteryError(f"got {len(models)} models, {len(order_seeds)} order seeds and {len(masks)} masks")
-    widths = _widths(models[0])
-    for model in models[1:]:
-        if _widths(model) != widths:
-            raise LotteryError(f"all models must have the same layer widths; got {widths} and {_widths(model)}")
-    if hp.dataset.augment:
-        raise LotteryError("batched training does not support --augment")
-    t = hp.training
-    device = torch.device(device)
-    batch_size = hp.dataset.batch_size
-    k = len(models)
-
-    # Per network, exactly what trainer.train does before its first step.
-    layer_names = [name for name, p in models[0].named_parameters() if name.endswith("weight")]
-    run_masks = [prepare_masks(model.to(device), mask, device) for model, mask in zip(models, masks, strict=True)]
+    engine = BatchedEngine(models, splits, hp, order_seeds, masks, torch.device(device))
+    total = total_iterations(hp.training, len(engine.train[1]), hp.dataset.batch_size)
+    loop.check_iterations(hp.training, total, start_iteration)
     initial = [state_dict_copy(model) for model in models]
-    rewind = list(initial) if t.rewind_iteration == 0 else [None] * k
-
-    train_x = splits.train_x.to(device).reshape(len(splits.train_y), -1)
-    train_y = splits.train_y.to(device)
-    validation = (splits.validation_x.to(device), splits.validation_y.to(device))
-    test = (splits.test_x.to(device), splits.test_y.to(device))
-    total = total_iterations(t, len(train_y), batch_size)
-    check_rewind(t, total)  # (here too for --epochs, and for library callers)
-    if not 0 <= start_iteration < total:
-        raise LotteryError(f"start iteration {start_iteration} must be in [0, {total})")
-    orders = [TrainingOrder(len(train_y), batch_size, seed, device=device) for seed in order_seeds]
-
-    stacked = StackedFC(models)  # on the models' device
-    stacked_masks = [
-        torch.stack([m.get(name, torch.ones_like(models[0].get_parameter(name))) for m in run_masks])
-        for name in layer_names
-    ]
-    optimizer = make_optimizer(stacked, t)
-    step = make_batched_step(stacked, optimizer, stacked_masks)
-
-    per_epoch = len(train_y) // batch_size
-    schedule = bool(t.warmup_iterations or milestones(t, per_epoch))
-    window_loss = torch.zeros(t.eval_every, k, dtype=torch.float32, device=device)
-    window_correct = torch.zeros(t.eval_every, k, dtype=torch.int64, device=device)
-    x = torch.empty(k * batch_size, train_x.shape[1], dtype=train_x.dtype, device=device)
-    index = torch.empty(k * batch_size, dtype=torch.int64, device=device)
-    y = torch.empty(k * batch_size, dtype=train_y.dtype, device=device)
-    rows: list[list[tuple[int, str, float, float]]] = [[] for _ in range(k)]
-    recorders = []  # evaluation callbacks, one recorder per network (called at evaluations only)
-    if callbacks:
-        from lottery_ticket.callbacks import Recorder
-
-        recorders = [Recorder(callbacks, splits, device)]
-        recorders += [Recorder(callbacks, recorders[0].splits, device) for _ in range(k - 1)]
-
-    def log_evaluation(iteration: int, window: int) -> None:
-        stacked.copy_into(models)
-        if window > 0:
-            losses = window_loss[:window]
-            finite = torch.isfinite(losses)
-            if not bool(finite.all()):
-                bad_step, bad_net = (int(v) for v in torch.nonzero(~finite)[0])
-                raise TrainingDiverged(
-                    f"network {bad_net}: training loss became NaN or infinite at iteration "
-                    f"{iteration - window + bad_step + 1}"
-                )
-            batch_loss = losses.double().mean(0).tolist()
-            batch_accuracy = (window_correct[:window].sum(0).double() / (window * batch_size)).tolist()
-        for n, model in enumerate(models):
-            if window > 0:
-                rows[n].append((iteration, "train_batch", batch_loss[n], batch_accuracy[n]))
-            for split, (sx, sy) in (("validation", validation), ("test", test)):
-                loss, accuracy = evaluate(model, sx, sy)
-                if len(sy) and not math.isfinite(loss):  # the weights themselves blew up
-                    raise TrainingDiverged(f"network {n}: evaluation loss became NaN or infinite at "
-                                           f"iteration {iteration}")
-                rows[n].append((iteration, split, loss, accuracy))
-            if iteration == total:
-                rows[n].append((iteration, "train", *evaluate(model, train_x, train_y)))
-            if recorders:
-                recorders[n](model, iteration)
-
-    def save(iteration: int, window: int) -> None:
-        buffers = {"window_loss": window_loss, "window_correct": window_correct}
-        if t.rewind_iteration > 0 and rewind[0] is not None:
-            buffers.update({f"rewind/{n}/{name}": v for n, state in enumerate(rewind) for name, v in state.items()})
-        extra = {"identity": identity, "rows": rows, "window": window}
-        if recorders:
-            extra["callbacks"] = [recorder.state() for recorder in recorders]
-        save_checkpoint(checkpoint_dir, stacked, optimizer, iteration, extra, buffers)
-
-    iteration, window = start_iteration, 0
-    if checkpoint_dir is not None and has_checkpoint(checkpoint_dir):
-        iteration, extra, buffers = load_checkpoint(checkpoint_dir, stacked, optimizer)
-        if extra["identity"] != identity:
-            raise LotteryError(f"the checkpoint in {checkpoint_dir} belongs to other runs; delete it to start over")
-        rows = [[tuple(row) for row in network_rows] for network_rows in extra["rows"]]
-        window = extra["window"]
-        for recorder, state in zip(recorders, extra.get("callbacks", []), strict=False):
-            recorder.load(state)
-        window_loss.copy_(buffers["window_loss"])
-        window_correct.copy_(buffers["window_correct"])
-        if t.rewind_iteration > 0 and iteration >= t.rewind_iteration:
-            rewind = [{name[len(f"rewind/{n}/"):]: v for name, v in buffers.items() if name.startswith(f"rewind/{n}/")}
-                      for n in range(k)]
-    else:
-        log_evaluation(start_iteration, 0)
-    resumed_from = iteration
-    last_checkpoint = time.monotonic()
-    end = total if stop_after is None else min(total, stop_after)
-    while iteration < end:
-        if procs.stop_requested():  # SIGINT/SIGTERM: checkpoint below, then raise Stopped
-            break
-        if schedule:
-            lr = learning_rate(t, iteration, per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        torch.cat([order.batch(iteration) for order in orders], out=index)
-        torch.index_select(train_x, 0, index, out=x)
-        torch.index_select(train_y, 0, index, out=y)
-        loss, correct = step(x.view(k, batch_size, -1), y.view(k, batch_size))
-        window_loss[window] = loss
-        window_correct[window] = correct
-        window += 1
-        iteration += 1
-        if iteration == t.rewind_iteration and t.rewind_iteration > 0:
-            stacked.copy_into(models)
-            rewind = [state_dict_copy(model) for model in models]
-        if iteration % t.eval_every == 0 or iteration == total:
-            log_evaluation(iteration, window)
-            window = 0
-            if (checkpoint_dir is not None and iteration < total
-                    and time.monotonic() - last_checkpoint >= checkpoint_seconds):
-                save(iteration, window)
-                last_checkpoint = time.monotonic()
-
-    if iteration < total and checkpoint_dir is not None:  # stopped early (stop_after, or a signal)
-        save(iteration, window)
-    if iteration < end:
-        raise procs.Stopped(procs.stop_signal())
-    stacked.copy_into(models)
-    return [
-        TrainResult(initial[n], state_dict_copy(models[n]), rewind[n], rows[n], resumed_from,
-                    recorders[n].state() if recorders else {})
-        for n in range(k)
-    ]
-
+    return loop.train(engine, splits, hp, initial=initial, total=total, start_iteration=start_iteration,
+                      checkpoint_dir=checkpoint_dir, checkpoint_seconds=checkpoint_seconds, identity=identity,
+                      stop_after=stop_after, callbacks=callbacks)
