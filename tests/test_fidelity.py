@@ -9,7 +9,7 @@ import torch
 from conftest import assert_same_run, lth
 
 from lottery_ticket import paths, runner
-from lottery_ticket.controls import control_init
+from lottery_ticket.branches.controls import control_init
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams, preset_hparams
 from lottery_ticket.store import load_tensors, read_json, write_json

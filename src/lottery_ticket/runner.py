@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from lottery_ticket import checkpoint, paths, procs
-from lottery_ticket.controls import CONTROLS, control_init
+from lottery_ticket.branches import branch_for_kind
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.experiment import experiment
 from lottery_ticket.hparams import INT_MAX, Hparams, diff
@@ -322,7 +322,7 @@ def prepare_control(exp_dir: str, control: str, trial: int, level: int, run_inde
     run_seed = derive_seed("control", control, seed, trial, level, run_index)
     splits = load_splits(hp, ctx, seeds["labels"])
     fresh = new_model(hp, splits, run_seed).state_dict()
-    weights, run_masks = control_init(control, original, fresh, masks, run_seed)
+    weights, run_masks = branch_for_kind(control).init(original, fresh, masks, run_seed)
     return ControlSetup(
         hp=hp, splits=splits, model=new_model(hp, splits, run_seed, presets=weights), masks=run_masks,
         order_seed=seeds["order"], out=paths.run_dir(exp_dir, trial, level, control, run_index),
@@ -457,8 +457,7 @@ def experiment_trials(exp_dir: str | Path) -> list[int]:
 
 
 def control_jobs(exp_dir: str | Path, control: str, levels: list[int], runs: int) -> list[tuple]:
-    if control not in CONTROLS:
-        raise LotteryError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)}")
+    branch_for_kind(control)  # an unknown run kind: an error naming the registered branches
     if not (Path(exp_dir) / paths.EXPERIMENT_FILE).exists():
         raise LotteryError(f"{exp_dir} is not a lottery experiment (no {paths.EXPERIMENT_FILE}); run `lth lottery` first")
     trials = experiment_trials(exp_dir)
