@@ -121,7 +121,7 @@ def test_train_with_masks_and_presets_and_mask_errors(lottery, tmp_path, capsys)
     exp, root = lottery
     level2 = layout.run_dir(exp, 0, 2)
     out = tmp_path / "one"
-    assert lth("train", "--output-dir", out, "--masks", level2 / layout.MASKS, "--presets",
+    assert lth("train", "--output-dir", out, "--masks", level2 / layout.MASKS, "--init-weights",
                layout.run_dir(exp, 0, 0) / layout.INITIAL, "--data-root", root, *SHORT) == 0
     assert density(load_tensors(out / layout.MASKS)) == pytest.approx(density(load_tensors(level2 / layout.MASKS)))
     bad = load_tensors(level2 / layout.MASKS)

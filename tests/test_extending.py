@@ -7,14 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from lottery_ticket import hparams
+from lottery_ticket.branches import BRANCHES
 from lottery_ticket.callbacks import CALLBACKS
 from lottery_ticket.cli import main
 from lottery_ticket.data.registry import DATASETS
+from lottery_ticket.models import entry_for
+from lottery_ticket.models import registry as models
 from lottery_ticket.strategies import STRATEGIES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```$", re.S | re.M)
-SECTIONS = ("## Add a pruning strategy", "## Add a dataset", "## Add an evaluation callback")
+SECTIONS = ("## Add a pruning strategy", "## Add a dataset", "## Add a model (with its preset)",
+            "## Add an evaluation callback", "## Add a branch")
 
 
 def blocks(text: str) -> list[tuple[str, str, str]]:
@@ -27,10 +32,12 @@ def blocks(text: str) -> list[tuple[str, str, str]]:
 
 
 @pytest.fixture
-def registries():
+def registries(monkeypatch):
     """The registries as they were before the examples registered their entries."""
     saved = [(registry, dict(zip(registry.names(), map(registry.get, registry.names()), strict=True)))
-             for registry in (STRATEGIES, DATASETS, CALLBACKS)]
+             for registry in (STRATEGIES, DATASETS, CALLBACKS, BRANCHES)]
+    monkeypatch.setattr(models, "_REGISTRY", list(models._REGISTRY))
+    monkeypatch.setattr(hparams, "PRESETS", dict(hparams.PRESETS))
     yield
     for registry, entries in saved:
         registry._entries = entries
@@ -57,6 +64,8 @@ def test_the_examples_run(mnist_root, tmp_path, monkeypatch, registries):
                 if line.startswith("lth "):
                     assert main(shlex.split(line)[1:]) == 0, line
                     ran += 1
-    assert ran >= 9
-    assert {"snip", "mnist_10k", "class_accuracy"} <= set(STRATEGIES.names() + DATASETS.names() + CALLBACKS.names())
+    assert ran >= 16
+    assert {"snip", "mnist_10k", "class_accuracy", "shuffle_weights"} <= set(
+        STRATEGIES.names() + DATASETS.names() + CALLBACKS.names() + BRANCHES.names())
+    assert entry_for("logreg").default_preset in hparams.PRESETS
     assert (tmp_path / "measured" / "trial_0" / "level_1" / "main" / "activations.csv").is_file()

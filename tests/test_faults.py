@@ -447,7 +447,7 @@ def test_crafted_tensor_files_are_refused(tmp_path):
 def test_pickle_renamed_to_safetensors_is_refused_by_the_cli(tmp_path, mnist_root, capsys):
     evil = tmp_path / "masks.safetensors"
     evil.write_bytes(pickle.dumps({"output.weight": _Exploit(tmp_path / "pwned")}))
-    for flag in ("--masks", "--presets"):
+    for flag in ("--masks", "--init-weights"):
         out = tmp_path / f"run{flag}"
         assert lth("train", *EXP_FLAGS, flag, evil, "--output-dir", out, "--data-root", mnist_root) == 2
         one_line_error(capsys.readouterr().err, "corrupted or truncated tensor file", str(evil))

@@ -9,7 +9,7 @@ import torch
 from conftest import assert_same_run, lth
 
 from lottery_ticket import layout, runner
-from lottery_ticket.controls import control_init
+from lottery_ticket.branches.controls import control_init
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams, preset_hparams
 from lottery_ticket.layout.files import check_same_run, read_metrics, run_record

@@ -1,6 +1,9 @@
-"""The `lth` command: train, lottery, reinit, sweep, report, models, presets.
+"""The `lth` command: train, lottery, branch, reinit, sweep, report, models, presets.
 
 User mistakes (LotteryError) print one line, `error: ...`, and exit with status 2.
+
+Modules that import torch, pandas or matplotlib are imported inside the commands that use them,
+so that `lth --help` and argument errors stay fast; everything else is imported here.
 """
 
 from __future__ import annotations
@@ -13,21 +16,26 @@ import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from lottery_ticket import layout
+from lottery_ticket import __version__, layout
+from lottery_ticket.branches import BranchJob, branch_names, control_names, get_branch, run_branch
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import (
     INT_MAX,
-    PRESETS,
     add_hparam_flags,
     check_rewind,
     hparams_from_args,
+    never_prune,
+    presets,
 )
+from lottery_ticket.procs import Stopped, stop_on_signals
 from lottery_ticket.registries import ChoicesHelp
 
 EXIT_USER_ERROR = 2
+SWEEP_COMMANDS = ("train", "lottery", "reinit", "branch")  # the commands an argfile line may run
 MAX_COUNT = 10_000  # trials, runs per level, levels: more is a typo (job lists are built up front)
 MAX_PARALLEL = 1024  # threads, worker processes
 
@@ -94,9 +102,17 @@ def _add_experiment_flags(parser: argparse.ArgumentParser) -> None:
                         help="base seed; trial t's model, data-order and label seeds derive from (seed, t)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lottery_ticket import __version__
+class _RenamedFlag(argparse.Action):
+    """A flag that was renamed: using it is a one-line error naming the new flag (no alias: the
+    old name stays too close to another flag to mean something else silently)."""
 
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise LotteryError(self.const)
+
+
+def build_parser(branches: bool = False) -> argparse.ArgumentParser:
+    """The `lth` parser; with `branches`, `lth branch` gets one subcommand per registered branch
+    (this imports the branches, and with them torch: only for the commands that need them)."""
     parser = argparse.ArgumentParser(
         prog="lth",
         description="Lottery ticket experiments (Frankle & Carbin, ICLR 2019): find winning tickets "
@@ -117,8 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(they are left alone)")
     p.add_argument("--masks", nargs="+", default=None, metavar="PATH",
                    help="masks.safetensors file(s); several are combined by union")
-    p.add_argument("--presets", default=None, metavar="PATH",
-                   help="a safetensors state dict giving initial values (e.g. a run's initial.safetensors)")
+    p.add_argument("--init-weights", default=None, metavar="PATH",
+                   help="a safetensors state dict giving initial values (e.g. a run's initial.safetensors); "
+                        "tensors it does not name keep the seeded initialization")
+    p.add_argument("--presets", action=_RenamedFlag, help=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                   const="--presets was renamed --init-weights (a file of initial weights); "
+                         "--preset NAME picks a hyperparameter preset")
     p.add_argument("--trial", type=int, default=0, help="trial number: picks the model and data-order seeds")
     _add_experiment_flags(p)
     _add_run_flags(p)
@@ -138,14 +158,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reinit", help="control runs with the masks of an existing lottery experiment",
                        description="Train control networks with each ticket's masks: reinit (fresh random "
                                    "init), reuse (sampled from the original initial weights), reuse_sign (the "
-                                   "same, keeping each weight's original sign), random (random masks of the "
-                                   "same per-layer sizes, original init).")
-    p.add_argument("--experiment", required=True, help="a directory written by `lth lottery`")
-    p.add_argument("--control", default="reinit", choices=layout.CONTROLS,
-                   help="which control (default: reinit)")
-    p.add_argument("--levels", default="0-5", help="levels, e.g. 0-5 or 1,3,7 (default: 0-5)")
-    p.add_argument("--runs", type=int, default=1, help="control runs per level and trial (default: 1)")
-    _add_run_flags(p, parallel=True)
+                                   "same, keeping each weight's original sign), random_pruning (random masks "
+                                   "of the same per-layer sizes, original init). A shortcut: `lth reinit "
+                                   "--control NAME` is `lth branch NAME` (the same runs and files).")
+    p.add_argument("--control", default="reinit", metavar="NAME",
+                   help=ChoicesHelp("which control (default: reinit); `random`, the older name of "
+                                    "random_pruning, still runs it (the same runs: random_<r>)", control_names))
+    _add_branch_flags(p)
+
+    p = sub.add_parser("branch", help="run a branch (e.g. a control) from the tickets of an existing lottery",
+                       description="Run the experiment NAME from the finished tickets of `lth lottery`: for each "
+                                   "trial, each level in --levels and each run index below --runs, one run in "
+                                   "DIR/trial_<t>/level_<k>/<NAME>_<r>/, shown by `lth report` beside the "
+                                   "ticket. `lth branch NAME --help` shows a branch's own flags.")
+    if branches:
+        names = p.add_subparsers(dest="branch", required=True, metavar="NAME", title="branches")
+        for name in branch_names():
+            branch = get_branch(name)
+            own = argparse.ArgumentParser(add_help=False)
+            branch.add_arguments(own.add_argument_group(f"{name} options"))
+            b = names.add_parser(name, parents=[own], help=branch.description,
+                                 description=f"{name}: {branch.description}.")
+            b.set_defaults(branch_options=[a.dest for a in own._actions])
+            _add_branch_flags(b)
+    else:  # (`lth --help`: the branches are listed by `lth branch --help`)
+        p.add_argument("branch", metavar="NAME", help="the branch; `lth branch --help` lists them")
 
     p = sub.add_parser("sweep", help="run every line of an argfile (skipping completed runs)",
                        description="Each non-empty line of ARGFILE (not starting with #) is one `lth` "
@@ -177,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("presets", help="list the presets and their hyperparameters")
     return parser
+
+
+def _add_branch_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of `lth reinit` and of every `lth branch NAME`: which tickets, how many runs."""
+    parser.add_argument("--experiment", required=True, help="a directory written by `lth lottery`")
+    parser.add_argument("--levels", default="0-5", help="levels, e.g. 0-5 or 1,3,7 (default: 0-5)")
+    parser.add_argument("--runs", type=int, default=1, help="runs per level and trial (default: 1)")
+    _add_run_flags(parser, parallel=True)
 
 
 def parse_levels(text: str) -> list[int]:
@@ -246,8 +291,6 @@ def _workers(args, jobs: int, model: str | None = None) -> tuple[int, int]:
 
 
 def _with_eval_threads(ctx, workers: int):
-    from dataclasses import replace
-
     from lottery_ticket.runner import eval_threads
 
     threads = eval_threads(workers)
@@ -291,14 +334,15 @@ def cmd_train(args) -> None:
     _check_train_output_dir(args.output_dir, args.force)
     seeds = run_seeds(hp, args.seed, args.trial, level=0)  # level 0 of `lth lottery` with the same seed and trial
     splits = load_splits(hp, ctx, seeds["labels"])
-    presets = load_tensors(args.presets) if args.presets else None
-    model = new_model(hp, splits, seeds["model"], presets)
+    init_weights = load_tensors(args.init_weights) if args.init_weights else None
+    model = new_model(hp, splits, seeds["model"], init_weights)
     masks = load_masks(args.masks) if args.masks else None
     with threads(train_threads):
         result = train(
             model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
             run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
-                      "masks": args.masks, "presets": args.presets},
+                      # (run.json's key for the initial weights file keeps the flag's older name)
+                      "masks": args.masks, "presets": args.init_weights},
             device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
             eval_threads=ctx.eval_threads, background_eval=ctx.background_eval, callbacks=run_callbacks(ctx),
         )
@@ -345,30 +389,52 @@ def cmd_lottery(args) -> None:
 
 
 def cmd_reinit(args) -> None:
-    from lottery_ticket.runner import (
-        check_model,
-        control_jobs,
-        control_run,
-        read_experiment,
-        run_jobs,
-    )
+    """`lth reinit --control NAME`: `lth branch NAME` for the control branches. The control's run
+    kind is accepted as its name too: `random` (random_pruning's name before, and still the name of
+    its runs on disk), so older command lines still run, and resume, the same runs."""
+    controls = control_names()
+    name = args.control
+    if name not in controls:
+        by_kind = {get_branch(c).kind: c for c in controls}
+        if name not in by_kind:
+            raise LotteryError(f"unknown control {name!r}; choose from {', '.join(controls)}")
+        name = by_kind[name]
+        if not args.quiet:
+            print(f"note: --control {args.control} is now called {name} (the same runs)", file=sys.stderr)
+    args.branch_options = []
+    _run_branch(args, name)
 
+
+def cmd_branch(args) -> None:
+    _run_branch(args, args.branch)
+
+
+def _run_branch(args, name: str) -> None:
+    """Branch `name`'s runs for every trial of the experiment at the levels and run indices asked."""
+    from lottery_ticket.runner import check_model, control_jobs, read_experiment, run_jobs
+
+    branch = get_branch(name)
+    if args.batched and not branch.batched:
+        raise LotteryError(f"--batched is not supported by branch {name}")
     ctx = _context(args)
     _check_device(ctx.device)
     levels = parse_levels(args.levels)
-    jobs = control_jobs(args.experiment, args.control, levels, args.runs)
+    options = tuple((dest, getattr(args, dest)) for dest in args.branch_options)
+    jobs = [BranchJob(job.exp_dir, name, job.trial, job.level, job.run_index, options)
+            for job in control_jobs(args.experiment, branch.kind, levels, args.runs)]
     hp, _ = read_experiment(args.experiment)
     check_model(hp, batched=args.batched, trials=len({job.trial for job in jobs}))
+    branch.check(hp, jobs)
     if args.batched:
-        from lottery_ticket.runner import control_runs_batched, eval_threads
+        from lottery_ticket.runner import eval_threads
         from lottery_ticket.trainer import threads
 
         with threads(_threads(args, eval_threads(1))):
-            control_runs_batched(jobs, ctx)
+            branch.run_batched(jobs, ctx)
     else:
         workers, threads = _workers(args, len(jobs), hp.model.model)
-        run_jobs(control_run, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
-                 runs=len(jobs), what="control runs")
+        run_jobs(run_branch, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
+                 runs=len(jobs), what=f"{name} runs")
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
@@ -422,18 +488,18 @@ def sweep_lines(argfile: str, timeout: float = 60.0) -> list[str]:
         except (OSError, UnicodeDecodeError) as e:
             raise LotteryError(f"cannot read argfile {argfile}: {e}") from None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    parser = build_parser()
+    parser = build_parser(branches=any(line.split()[0] == "branch" for line in lines))
     for line in lines:
         words = shlex.split(line)
-        if not words or words[0] not in ("train", "lottery", "reinit"):
-            raise LotteryError(f"argfile line must start with train, lottery or reinit: {line!r}")
+        if not words or words[0] not in SWEEP_COMMANDS:
+            raise LotteryError(f"argfile line must start with train, lottery or reinit (or branch NAME): {line!r}")
         try:
             args = parser.parse_args(words)
         except SystemExit:
             raise LotteryError(f"invalid argfile line: {line!r}") from None
         try:  # every line's flags before any line runs
             check_run_flags(args)
-            if words[0] != "reinit":
+            if words[0] in ("train", "lottery"):
                 hparams_from_args(args)
         except LotteryError as e:
             raise LotteryError(f"argfile line {line!r}: {e}") from None
@@ -445,7 +511,7 @@ def run_sweep_line(line: str, threads: int) -> None:
     from lottery_ticket.trainer import threads as torch_threads
 
     words = shlex.split(line)
-    if words[0] in ("lottery", "reinit") and "--workers" not in words:
+    if words[0] in ("lottery", "reinit", "branch") and "--workers" not in words:
         words += ["--workers", "1", "--threads", str(threads)]
     with torch_threads(threads):
         run(words)
@@ -491,8 +557,6 @@ def _sweep_line_job(job: SweepJob, ctx=None) -> int:
         print(f"error: {line}: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except Exception:  # a bug, not a user mistake: its traceback, and the other lines still run
-        import traceback
-
         print(f"error: {line}: unexpected failure:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         return 1
     return 0
@@ -519,7 +583,6 @@ def _report(experiment: str, quiet: bool, errorbars: str = "minmax") -> None:
 def cmd_models(args) -> None:
     """The prunable count is what the model's paper preset prunes: its --never-prune tensors
     (e.g. Resnet-18's fc layer and 1x1 shortcuts) are left out, as the paper counts them."""
-    from lottery_ticket.hparams import never_prune
     from lottery_ticket.masking import prunable_names
     from lottery_ticket.models import build_model, registered
 
@@ -529,13 +592,13 @@ def cmd_models(args) -> None:
             shape = (3, 32, 32) if entry.dataset == "cifar10" else (1, 28, 28)
             model = build_model(name, seed=0, input_shape=shape)
             params = dict(model.named_parameters())
-            frozen = set(never_prune(PRESETS[entry.default_preset][0].pruning))
+            frozen = set(never_prune(presets()[entry.default_preset][0].pruning))
             count = sum(params[n].numel() for n in prunable_names(model) if n not in frozen)
             print(f"{name:<16}{entry.dataset:<10}{count:>18,}  {entry.default_preset:<16}{entry.description}")
 
 
 def cmd_presets(args) -> None:
-    for name, (hp, description) in PRESETS.items():
+    for name, (hp, description) in presets().items():
         print(f"{name}: {description}")
         for section, values in hp.to_dict().items():
             print(f"  {section}: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
@@ -543,22 +606,20 @@ def cmd_presets(args) -> None:
 
 
 COMMANDS = {
-    "train": cmd_train, "lottery": cmd_lottery, "reinit": cmd_reinit, "sweep": cmd_sweep,
+    "train": cmd_train, "lottery": cmd_lottery, "reinit": cmd_reinit, "branch": cmd_branch, "sweep": cmd_sweep,
     "report": lambda a: _report(a.experiment, False, a.errorbars), "models": cmd_models, "presets": cmd_presets,
 }
 
 
 def run(argv: list[str]) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser(branches=bool(argv) and argv[0] == "branch").parse_args(argv)
     check_run_flags(args)
     COMMANDS[args.command](args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lottery_ticket.procs import Stopped, stop_on_signals
-
     argv = sys.argv[1:] if argv is None else argv
-    stoppable = bool(argv) and argv[0] in ("train", "lottery", "reinit", "sweep")  # (others stop at once)
+    stoppable = bool(argv) and argv[0] in (*SWEEP_COMMANDS, "sweep")  # (others stop at once)
     try:
         with stop_on_signals() if stoppable else contextlib.nullcontext():
             run(argv)

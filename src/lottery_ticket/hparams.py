@@ -371,15 +371,33 @@ PRESETS: dict[str, tuple[Hparams, str]] = {
 }
 
 
+def register_preset(name: str, hp: Hparams, description: str) -> None:
+    """Add preset `name`: a model's file registers its paper preset next to its `ModelEntry`
+    (whose `default_preset` names it), so one file adds a model and its hyperparameters. The
+    description cites where the values come from; `lth presets` prints it."""
+    if name in PRESETS and PRESETS[name][0] != hp:
+        raise ValueError(f"preset {name!r} is already registered with other hyperparameters")
+    PRESETS[name] = (hp, description)
+
+
+def presets() -> dict[str, tuple[Hparams, str]]:
+    """Every preset: the ones above, then those the model files register (importing the models:
+    torch, so only where a preset is looked up, not when the CLI starts)."""
+    import lottery_ticket.models  # noqa: F401  (registers the models and their presets)
+
+    return dict(PRESETS)
+
+
 def preset_hparams(preset: str, model: str | None = None) -> Hparams:
     """The preset's hyperparameters. `paper` picks the paper's preset for `model` if given."""
     if preset == "paper" and model is not None:
         from lottery_ticket.models import entry_for
 
         preset = entry_for(model).default_preset
-    if preset not in PRESETS:
-        raise LotteryError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
-    hp = PRESETS[preset][0]
+    known = PRESETS if preset in PRESETS else presets()
+    if preset not in known:
+        raise LotteryError(f"unknown preset {preset!r}; known presets: {', '.join(known)}")
+    hp = known[preset][0]
     if model is not None and model != hp.model.model:
         hp = replace(hp, model=replace(hp.model, model=model))
     return hp

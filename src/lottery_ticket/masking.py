@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from lottery_ticket.errors import LotteryError
+from lottery_ticket.store import load_tensors
 
 Masks = dict[str, torch.Tensor]
 
@@ -147,8 +148,6 @@ def _combine(masks: tuple[Masks, ...], op) -> Masks:
 
 def load_masks(spec: Masks | str | Path | list) -> Masks:
     """A mask dict from a dict, a safetensors path, or a list of those (combined by union)."""
-    from lottery_ticket.store import load_tensors
-
     if isinstance(spec, dict):
         return {k: v.to(torch.float32) for k, v in spec.items()}
     if isinstance(spec, (str, Path)):

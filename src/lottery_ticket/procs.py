@@ -19,6 +19,7 @@ aggregated view of them (see `runner.ProgressView`). Without a queue the events 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -102,8 +103,6 @@ def die_with_parent(parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, _request_stop_softly)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
-            import ctypes
-
             pr_set_pdeathsig = 1
             ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before the line above

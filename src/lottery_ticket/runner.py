@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from lottery_ticket import layout, procs
-from lottery_ticket.controls import control_init
+from lottery_ticket.branches import branch_for_kind
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.experiment import experiment
 from lottery_ticket.hparams import Hparams, diff
-from lottery_ticket.layout import CONTROLS, TICKET
+from lottery_ticket.layout import TICKET
 from lottery_ticket.layout.files import (
     METRIC_COLUMNS,
     check_same_run,
@@ -329,7 +329,7 @@ def prepare_control(job: ControlJob, ctx: RunOptions) -> ControlSetup:
     run_seed = derive_seed("control", control, seed, trial, level, run_index)
     splits = load_splits(hp, ctx, seeds["labels"])
     fresh = new_model(hp, splits, run_seed).state_dict()
-    weights, run_masks = control_init(control, original, fresh, masks, run_seed)
+    weights, run_masks = branch_for_kind(control).init(original, fresh, masks, run_seed)
     return ControlSetup(
         hp=hp, splits=splits, model=new_model(hp, splits, run_seed, presets=weights), masks=run_masks,
         order_seed=seeds["order"], out=layout.run_dir(exp_dir, trial, level, control, run_index),
@@ -454,8 +454,7 @@ def lottery_batched(exp_dir: str, hp: Hparams, seed: int, trials: list[int], lev
 
 
 def control_jobs(exp_dir: str | Path, control: str, levels: list[int], runs: int) -> list[ControlJob]:
-    if control not in CONTROLS:
-        raise LotteryError(f"unknown control {control!r}; choose from {', '.join(CONTROLS)}")
+    branch_for_kind(control)  # an unknown run kind: an error naming the registered branches
     if not is_experiment(exp_dir):
         raise LotteryError(f"{exp_dir} is not a lottery experiment (no {layout.EXPERIMENT_FILE}); run `lth lottery` first")
     trials = layout.trials_present(exp_dir)

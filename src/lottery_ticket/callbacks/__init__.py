@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from lottery_ticket.data.datasets import Splits
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.registries import Registry
+from lottery_ticket.store import write_text_atomic
 
 CALLBACKS = Registry("evaluation callback", __name__)
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -83,8 +85,6 @@ class Recorder:
 
 def _on_device(splits, device: torch.device):
     """`splits` itself if its tensors are on `device` already (no copy), else a copy there."""
-    from lottery_ticket.data.datasets import Splits
-
     if all(getattr(splits, name).device == device for name in Splits.TENSORS):
         return splits
     return splits.to(device)
@@ -92,8 +92,6 @@ def _on_device(splits, device: torch.device):
 
 def write_rows(out: str | Path, rows: dict[str, list[dict]]) -> None:
     """Each callback's rows as `<name>.csv` in the run directory `out`."""
-    from lottery_ticket.store import write_text_atomic
-
     for name, name_rows in rows.items():
         write_text_atomic(Path(out) / callback_file(name), rows_csv(name, name_rows))
 

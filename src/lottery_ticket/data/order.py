@@ -7,11 +7,11 @@ epoch is cut into `len(train) // batch_size` full batches (the incomplete tail i
 
 import torch
 
+from lottery_ticket.errors import LotteryError
+
 
 def batches_per_epoch(num_examples: int, batch_size: int) -> int:
     if batch_size <= 0 or batch_size > num_examples:
-        from lottery_ticket.errors import LotteryError
-
         raise LotteryError(
             f"batch size {batch_size} must be between 1 and the training set size {num_examples}"
         )

@@ -6,6 +6,7 @@ import re
 import torch
 import torch.nn as nn
 
+from lottery_ticket.errors import LotteryError
 from lottery_ticket.models.registry import ModelEntry, register
 
 
@@ -38,8 +39,6 @@ def is_fully_connected(name: str) -> bool:
 
 def build_fc(name: str, num_classes: int, input_shape: tuple[int, ...], **options) -> FullyConnected:
     if options.get("dropout"):
-        from lottery_ticket.errors import LotteryError
-
         raise LotteryError("dropout is not supported for fully-connected models")
     hidden = [300, 100] if name == "lenet_300_100" else [int(w) for w in name.split("_")[1:]]
     return FullyConnected(math.prod(input_shape), hidden, num_classes)
