@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import lottery_ticket
-from lottery_ticket import controls, layout, pruning, runner, seeds
+from lottery_ticket import layout, pruning, runner, seeds
 from lottery_ticket.analysis import read_metrics as read_metrics_table
 from lottery_ticket.analysis.table import CONTROL_ORDER, find_runs
 from lottery_ticket.errors import LotteryError
@@ -32,13 +32,12 @@ def test_layout_literals_live_in_one_module():
 
 
 def test_one_list_of_controls():
-    from lottery_ticket.cli import build_parser
+    """The control branches (what `lth reinit --control` and `lth branch` run) write exactly the run
+    kinds the layout parses and the report orders: the two lists cannot drift apart."""
+    from lottery_ticket.branches import control_names, get_branch
 
-    assert controls.CONTROLS is layout.CONTROLS and runner.CONTROLS is layout.CONTROLS
+    assert tuple(get_branch(name).kind for name in control_names()) == layout.CONTROLS
     assert CONTROL_ORDER == (layout.TICKET, *layout.CONTROLS)
-    reinit = next(a for a in build_parser()._subparsers._group_actions[0].choices["reinit"]._actions
-                  if a.dest == "control")
-    assert tuple(reinit.choices) == layout.CONTROLS
 
 
 @pytest.mark.parametrize("control", layout.CONTROLS)

@@ -163,14 +163,14 @@ def build_parser(branches: bool = False) -> argparse.ArgumentParser:
                                    "--control NAME` is `lth branch NAME` (the same runs and files).")
     p.add_argument("--control", default="reinit", metavar="NAME",
                    help=ChoicesHelp("which control (default: reinit); `random`, the older name of "
-                                    "random_pruning, still runs it (the same runs: random_<r>)", control_names))
+                                    "random_pruning, still runs it (the same runs on disk)", control_names))
     _add_branch_flags(p)
 
     p = sub.add_parser("branch", help="run a branch (e.g. a control) from the tickets of an existing lottery",
                        description="Run the experiment NAME from the finished tickets of `lth lottery`: for each "
                                    "trial, each level in --levels and each run index below --runs, one run in "
-                                   "DIR/trial_<t>/level_<k>/<NAME>_<r>/, shown by `lth report` beside the "
-                                   "ticket. `lth branch NAME --help` shows a branch's own flags.")
+                                   f"{layout.run_dir('DIR', '<t>', '<k>', '<NAME>', '<r>')}/, shown by `lth report` "
+                                   "beside the ticket. `lth branch NAME --help` shows a branch's own flags.")
     if branches:
         names = p.add_subparsers(dest="branch", required=True, metavar="NAME", title="branches")
         for name in branch_names():

@@ -1,6 +1,6 @@
 """Process control: stopping on signals, workers that die with their parent, progress events.
 
-Stopping. SIGINT and SIGTERM set a stop flag (`request_stop`); the training loops check it at
+Stopping. SIGINT and SIGTERM set a stop flag (`request_stop`); the training loop checks it at
 every step, write a checkpoint and raise `Stopped`, so a stopped run resumes exactly where it
 left off. A second signal raises `Stopped` at once. The `lth` command exits 128 + the signal
 number (130 for SIGINT, 143 for SIGTERM).

@@ -4,7 +4,7 @@ A branch takes the ticket of a finished level -- its masks and the weights its r
 from (the level-0 initial weights, or under late rewinding the level-0 weights at the rewind
 iteration) -- and trains or measures something from there. `lth branch NAME --experiment DIR
 --levels L --runs R` runs branch NAME once per (trial, level in L, run index r < R); each run
-writes `DIR/trial_<t>/level_<k>/<kind>_<r>/` (`kind`: the branch's run kind, normally its name),
+writes its own run directory, `layout.run_dir(DIR, t, k, kind, r)` (`kind`: the branch's run kind, normally its name),
 the layout of the ticket's own `main` run beside it, so `lth report` shows it as one more column.
 
 A branch is a subclass of `Branch` registered with `@register_branch("name")`. The controls of
@@ -23,12 +23,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from lottery_ticket import layout
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.registries import Registry
 
 BRANCHES = Registry("branch", __name__)
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
-_RESERVED = {"main", "train"}  # the ticket's own run; the run kind `lth train` records
+_RESERVED = {layout.TICKET, "train"}  # the ticket's own run; the run kind `lth train` records
 
 
 @dataclass(frozen=True)

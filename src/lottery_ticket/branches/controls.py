@@ -13,8 +13,8 @@ with late rewinding the level-0 weights at the rewind iteration):
 * `reuse_sign`: as `reuse`, but each weight keeps the sign of its original value (the same
   appendix's sign-preserving variant: the magnitudes are resampled, the signs kept);
 * `random_pruning`: the starting weights with random masks keeping the same number of weights per
-  tensor (random pruning, Frankle & Carbin Section 2 / Figure 4). Its runs are `random_<r>` on
-  disk (run kind `random`, its name before it was renamed), so experiments made before stay
+  tensor (random pruning, Frankle & Carbin Section 2 / Figure 4). Its runs keep the run kind `random` on
+  disk (its name before it was renamed), so experiments made before stay
   readable and resumable, and its seeds -- derived from the run kind -- are unchanged.
 
 Non-prunable tensors (biases, batch norm) keep their original starting values, except in
@@ -102,7 +102,7 @@ class ReuseSign(ControlBranch):
 
 @register_branch("random_pruning")
 class RandomPruning(ControlBranch):
-    kind = "random"  # its runs on disk: random_<r> (the control's name before the rename)
+    kind = "random"  # its runs on disk keep the kind `random` (the control's name before the rename)
     description = ("random masks of the ticket's per-layer sizes on the original starting weights "
                    "(Frankle & Carbin 2019, Section 2; was --control random)")
 
