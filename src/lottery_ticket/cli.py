@@ -255,8 +255,8 @@ def _context(args):
 
         resolve(args.callback)  # unknown names fail here, before anything is written
     return RunOptions(data_root=args.data_root, device=args.device, quiet=args.quiet,
-                   checkpoint_seconds=args.checkpoint_seconds, fast=args.fast, download=args.download,
-                   callbacks=tuple(dict.fromkeys(args.callback)))
+                      checkpoint_seconds=args.checkpoint_seconds, fast=args.fast, download=args.download,
+                      callbacks=tuple(dict.fromkeys(args.callback)))
 
 
 def _check_device(device: str) -> None:
@@ -275,17 +275,13 @@ def _check_device(device: str) -> None:
 
 
 def _threads(args, default: int) -> int:
-    """--threads, checked, or `default`."""
-    if args.threads is not None and args.threads < 1:
-        raise LotteryError("--threads must be >= 1")
+    """--threads (checked by `check_run_flags`), or `default`."""
     return args.threads or default
 
 
 def _workers(args, jobs: int, model: str | None = None) -> tuple[int, int]:
     from lottery_ticket.runner import default_threads, default_workers
 
-    if args.workers is not None and args.workers < 1:
-        raise LotteryError("--workers must be >= 1")
     workers = args.workers or default_workers(jobs)
     return workers, _threads(args, default_threads(workers, model))
 
@@ -315,13 +311,13 @@ def _check_train_output_dir(directory: str, force: bool) -> None:
 
 def cmd_train(args) -> None:
     from lottery_ticket.masking import load_masks
-    from lottery_ticket.runner import callbacks as run_callbacks
     from lottery_ticket.runner import (
         check_model,
         default_threads,
         load_splits,
         new_model,
         run_seeds,
+        train_options,
     )
     from lottery_ticket.store import load_tensors
     from lottery_ticket.trainer import threads, train
@@ -343,8 +339,7 @@ def cmd_train(args) -> None:
             run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
                       # (run.json's key for the initial weights file keeps the flag's older name)
                       "masks": args.masks, "presets": args.init_weights},
-            device=ctx.device, quiet=ctx.quiet, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval, callbacks=run_callbacks(ctx),
+            **train_options(ctx),
         )
     if not args.quiet:
         last = {split: (loss, acc) for _, split, loss, acc in result.metrics}
@@ -583,14 +578,14 @@ def _report(experiment: str, quiet: bool, errorbars: str = "minmax") -> None:
 def cmd_models(args) -> None:
     """The prunable count is what the model's paper preset prunes: its --never-prune tensors
     (e.g. Resnet-18's fc layer and 1x1 shortcuts) are left out, as the paper counts them."""
+    from lottery_ticket.data.registry import DATASETS
     from lottery_ticket.masking import prunable_names
     from lottery_ticket.models import build_model, registered
 
     print(f"{'model':<16}{'dataset':<10}{'prunable weights':>18}  {'preset':<16}description")
     for entry in registered():
         for name in entry.examples:
-            shape = (3, 32, 32) if entry.dataset == "cifar10" else (1, 28, 28)
-            model = build_model(name, seed=0, input_shape=shape)
+            model = build_model(name, seed=0, input_shape=DATASETS.get(entry.dataset).input_shape)
             params = dict(model.named_parameters())
             frozen = set(never_prune(presets()[entry.default_preset][0].pruning))
             count = sum(params[n].numel() for n in prunable_names(model) if n not in frozen)

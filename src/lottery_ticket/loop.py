@@ -88,14 +88,25 @@ class Journal:
         return ""
 
 
+def lr_schedule(t: TrainingHparams, per_epoch: int | None = None):
+    """`learning_rate(iteration)` for the step taken at `iteration` (0-based): warmup, then step
+    decay. `per_epoch` (iterations per epoch) converts milestones given in epochs (`80ep`). The
+    milestones are resolved here, once per run, not at every step."""
+    drops = milestones(t, per_epoch)
+
+    def learning_rate(iteration: int) -> float:
+        lr = t.lr
+        if t.warmup_iterations > 0 and iteration < t.warmup_iterations:
+            lr *= (iteration + 1) / t.warmup_iterations
+        passed = sum(1 for m in drops if iteration >= m)
+        return lr * (t.lr_gamma**passed)
+
+    return learning_rate
+
+
 def learning_rate(t: TrainingHparams, iteration: int, per_epoch: int | None = None) -> float:
-    """The learning rate for the step taken at `iteration` (0-based): warmup, then step decay.
-    `per_epoch` (iterations per epoch) converts milestones given in epochs (`80ep`)."""
-    lr = t.lr
-    if t.warmup_iterations > 0 and iteration < t.warmup_iterations:
-        lr *= (iteration + 1) / t.warmup_iterations
-    passed = sum(1 for m in milestones(t, per_epoch) if iteration >= m)
-    return lr * (t.lr_gamma**passed)
+    """The learning rate for the step taken at `iteration` (see `lr_schedule`)."""
+    return lr_schedule(t, per_epoch)(iteration)
 
 
 def check_iterations(t: TrainingHparams, total: int, start_iteration: int) -> None:
@@ -181,7 +192,7 @@ def train(
     test = (splits.test_x.to(device), splits.test_y.to(device))
     batch_size = hp.dataset.batch_size
     per_epoch = len(train_y) // batch_size
-    schedule = bool(t.warmup_iterations or milestones(t, per_epoch))
+    schedule = lr_schedule(t, per_epoch) if t.warmup_iterations or milestones(t, per_epoch) else None
     first = start_iteration
 
     window_loss = torch.zeros(t.eval_every, k, dtype=torch.float32, device=device)
@@ -304,8 +315,8 @@ def train(
         while iteration < end:
             if procs.stop_requested():  # SIGINT/SIGTERM: checkpoint below, then raise Stopped
                 break
-            if schedule:
-                engine.set_lr(learning_rate(t, iteration, per_epoch))
+            if schedule is not None:
+                engine.set_lr(schedule(iteration))
             loss, correct = engine.step(iteration)
             window_loss[window] = loss
             window_correct[window] = correct

@@ -91,7 +91,7 @@ class RunOptions:
     callbacks: tuple[str, ...] = ()  # registered evaluation callbacks run in every training run
 
 
-Context = RunOptions  # the old name (until the branches of issue 11 are merged)
+Context = RunOptions  # its older name, kept for library callers
 
 
 @dataclass(frozen=True)
@@ -190,6 +190,12 @@ def callbacks(ctx: RunOptions) -> dict:
     return resolve(ctx.callbacks)
 
 
+def train_options(ctx: RunOptions) -> dict:
+    """The keyword arguments of `trainer.train` that say how to run (not what): one place from
+    the run options to every training run."""
+    return dict(device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds,
+                fast=ctx.fast, eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
+                callbacks=callbacks(ctx))
 
 
 def check_model(hp: Hparams, batched: bool = False, trials: int | None = None) -> None:
@@ -209,9 +215,9 @@ def check_model(hp: Hparams, batched: bool = False, trials: int | None = None) -
             raise LotteryError(f"--batched supports fully-connected models only, not {hp.model.model}")
         if hp.dataset.augment:
             raise LotteryError("--batched does not support --augment")
-        if hp.dataset.permute_labels and (trials is None or trials > 1):
+        if per_trial_labels(hp) and (trials is None or trials > 1):
             raise LotteryError("--batched trains all trials on the same labels; it cannot be combined with "
-                               "--permute-labels")
+                               "--permute-labels or --random-labels")
 
 
 def report_run(out: Path, result, started: float, ctx: RunOptions) -> None:
@@ -276,9 +282,7 @@ def lottery_trial(job: LotteryJob, ctx: RunOptions) -> None:
         result = train(
             model, dataset, hp, order_seed=run["order"], masks=masks, output_dir=out,
             run_info={"trial": trial, "level": level, "control": TICKET, "run_index": 0, "seeds": run},
-            device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
-            start_iteration=rewind if level > 0 else 0, callbacks=callbacks(ctx),
+            start_iteration=rewind if level > 0 else 0, **train_options(ctx),
         )
         report_run(out, result, started, ctx)
         return result.rewind, result.final
@@ -348,9 +352,7 @@ def control_run(job: ControlJob, ctx: RunOptions) -> None:
     started = time.time()
     result = train(
         c.model, c.splits, c.hp, order_seed=c.order_seed, masks=c.masks, output_dir=c.out, run_info=c.run_info,
-        device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds, fast=ctx.fast,
-            eval_threads=ctx.eval_threads, background_eval=ctx.background_eval, callbacks=callbacks(ctx),
-            start_iteration=c.start_iteration,
+        start_iteration=c.start_iteration, **train_options(ctx),
     )
     report_run(c.out, result, started, ctx)
 

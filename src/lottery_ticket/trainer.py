@@ -46,8 +46,6 @@ from lottery_ticket.store import load_tensors, state_dict_copy
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-
-
 def total_iterations(t: TrainingHparams, num_train: int, batch_size: int) -> int:
     if t.epochs > 0:
         from lottery_ticket.data.order import batches_per_epoch
@@ -167,7 +165,8 @@ class _RunJournal(loop.Journal):
         return f" in {self.out / layout.METRICS}"
 
 
-def train(    model: nn.Module,
+def train(
+    model: nn.Module,
     splits,
     hp: Hparams,
     *,
@@ -243,9 +242,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     if stop_after is not None and stop_after < total:  # stopped early, resumable
         return result
     if out is not None:
-        if result.callback_rows:
-            write_rows(out, result.callback_rows)  # before finish_run_files, which marks the run complete
-        finish_run_files(out, result.metrics, result.final, total)
+        finish_run_files(out, result.metrics, result.final, total, result.callback_rows)
     procs.progress("done", key, True)
     return result
 

@@ -72,7 +72,7 @@ class Branch:
 
     def run(self, job: BranchJob, ctx) -> None:
         """Do run `job` (resuming it if it was interrupted; nothing if it is complete). `ctx` is the
-        run options (`runner.Context`: device, quiet, checkpoint interval, ...)."""
+        run options (`runner.RunOptions`: device, quiet, checkpoint interval, ...)."""
         raise NotImplementedError
 
     def run_batched(self, jobs: list[BranchJob], ctx) -> None:

@@ -227,10 +227,14 @@ def save_rewind(out: Path, rewind: dict) -> None:
     save_tensors(Path(out) / layout.REWIND, rewind)
 
 
-def finish_run_files(out: Path, rows: list, final: dict, total: int) -> None:
-    """The files a run gets at its end; COMPLETE, with the SHA-256 of every result file (checked
-    whenever they are read back, see verify_run), is written last, then the checkpoint goes."""
+def finish_run_files(out: Path, rows: list, final: dict, total: int,
+                     callback_rows: dict[str, list[dict]] | None = None) -> None:
+    """The files a run gets at its end (metrics, final weights, the evaluation callbacks' files);
+    COMPLETE, with the SHA-256 of every result file (checked whenever they are read back, see
+    verify_run), is written last, then the checkpoint goes."""
     write_metrics(out, rows)
+    if callback_rows:
+        write_rows(out, callback_rows)
     save_tensors(out / layout.FINAL, final)
     write_json(out / layout.COMPLETE, {"iterations": total, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                        "sha256": result_digests(out)})
@@ -251,9 +255,7 @@ def write_run(out: str | Path, record: dict, masks: Masks, result: TrainResult, 
         board = TensorBoard(out, purge_step=None)
         board.log(result.metrics)
         board.close()
-        if result.callback_rows:
-            write_rows(out, result.callback_rows)
-        finish_run_files(out, result.metrics, result.final, total)
+        finish_run_files(out, result.metrics, result.final, total, result.callback_rows)
 
 
 class TensorBoard:
