@@ -42,7 +42,7 @@ MAX_PARALLEL = 1024  # threads, worker processes
 # the allowed integers of every numeric run flag (hyperparameters check themselves: hparams.Range)
 RUN_INT_FLAGS = {
     "seed": (0, INT_MAX), "trial": (0, INT_MAX), "levels": (0, MAX_COUNT), "trials": (1, MAX_COUNT),
-    "runs": (1, MAX_COUNT), "threads": (1, MAX_PARALLEL), "workers": (1, MAX_PARALLEL),
+    "runs": (1, MAX_COUNT), "control_runs": (1, MAX_COUNT), "threads": (1, MAX_PARALLEL), "workers": (1, MAX_PARALLEL),
 }
 
 
@@ -51,7 +51,7 @@ def check_run_flags(args: argparse.Namespace) -> None:
     for name, (low, high) in RUN_INT_FLAGS.items():
         value = getattr(args, name, None)
         if isinstance(value, int) and not low <= value <= high:
-            raise LotteryError(f"--{name} must be an integer in [{low}, {high}], got {value}")
+            raise LotteryError(f"--{name.replace('_', '-')} must be an integer in [{low}, {high}], got {value}")
     seconds = getattr(args, "checkpoint_seconds", None)
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
         raise LotteryError(f"--checkpoint-seconds must be finite and > 0, got {seconds}")
@@ -151,6 +151,15 @@ def build_parser(branches: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, default=20, help="pruning levels after level 0 (default: 20)")
     p.add_argument("--trials", type=int, default=1, help="independent trials, run in parallel (default: 1)")
     p.add_argument("--report", action="store_true", help="write the HTML report when done")
+    g = p.add_argument_group("controls (run with the lottery, each as soon as its level's masks exist)")
+    g.add_argument("--controls", default="", metavar="NAMES",
+                   help=ChoicesHelp("comma-separated controls to run with the lottery, e.g. reinit,random: the "
+                                    "runs of `lth reinit --control NAME` (the same files and results), each "
+                                    "started as soon as its level is done, between the remaining levels and "
+                                    "trials, so no worker waits", control_names))
+    g.add_argument("--control-levels", default=None, metavar="LEVELS",
+                   help="levels for the controls, e.g. 0,7,15 or 0-5 (default: every level)")
+    g.add_argument("--control-runs", type=int, default=1, help="runs of each control per level and trial (default: 1)")
     _add_experiment_flags(p)
     _add_run_flags(p, parallel=True)
     add_hparam_flags(p)
@@ -348,13 +357,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_lottery(args) -> None:
-    from lottery_ticket.runner import (
-        LotteryJob,
-        check_model,
-        lottery_trial,
-        prepare_experiment,
-        run_jobs,
-    )
+    from lottery_ticket.runner import check_model, lottery_jobs, prepare_experiment, run_job, run_jobs
 
     hp = hparams_from_args(args)
     check_model(hp, batched=args.batched)
@@ -362,6 +365,11 @@ def cmd_lottery(args) -> None:
         check_rewind(hp.training, hp.training.iterations, args.levels)
     ctx = _context(args)
     _check_device(ctx.device)
+    controls, control_levels = _lottery_controls(args)
+    jobs, after = lottery_jobs(args.output_dir, hp, args.seed, args.trials, args.levels, controls,
+                               control_levels, args.control_runs)
+    for name in controls:
+        get_branch(name).check(hp, [job for job in jobs if getattr(job, "branch", None) == name])
     prepare_experiment(args.output_dir, hp, args.seed)
     if args.batched:
         from lottery_ticket.runner import eval_threads, lottery_batched
@@ -370,10 +378,9 @@ def cmd_lottery(args) -> None:
         with threads(_threads(args, eval_threads(1))):
             lottery_batched(args.output_dir, hp, args.seed, list(range(args.trials)), args.levels, ctx)
     else:
-        workers, threads = _workers(args, args.trials, hp.model.model)
-        jobs = [LotteryJob(args.output_dir, hp, args.seed, trial, args.levels) for trial in range(args.trials)]
-        run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
-                 runs=args.trials * (args.levels + 1), what="trials")
+        workers, threads = _workers(args, len(jobs) if controls else args.trials, hp.model.model)
+        run_jobs(run_job, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp, runs=len(jobs),
+                 what="runs", after=after)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
@@ -383,21 +390,40 @@ def cmd_lottery(args) -> None:
         _report(args.output_dir, args.quiet)
 
 
-def cmd_reinit(args) -> None:
-    """`lth reinit --control NAME`: `lth branch NAME` for the control branches. The control's run
-    kind is accepted as its name too: `random` (random_pruning's name before, and still the name of
-    its runs on disk), so older command lines still run, and resume, the same runs."""
+def _lottery_controls(args) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The branch names of `lth lottery --controls` and their levels, checked before anything is written."""
+    names = tuple(dict.fromkeys(_control_name(n.strip(), args.quiet) for n in args.controls.split(",") if n.strip()))
+    if not names:
+        if args.control_levels is not None or args.control_runs != 1:
+            raise LotteryError("--control-levels and --control-runs need --controls")
+        return (), ()
+    if args.batched:
+        raise LotteryError("--controls cannot be combined with --batched; run `lth reinit --batched` after the lottery")
+    levels = tuple(parse_levels(args.control_levels)) if args.control_levels is not None else tuple(range(args.levels + 1))
+    if max(levels) > args.levels:
+        raise LotteryError(f"--control-levels names level {max(levels)}, but the lottery has levels 0-{args.levels}")
+    return names, levels
+
+
+def _control_name(name: str, quiet: bool) -> str:
+    """The control branch called `name`, or whose run kind is `name`: `random` (random_pruning's
+    name before, and still the name of its runs on disk), so older command lines still run, and
+    resume, the same runs."""
     controls = control_names()
-    name = args.control
-    if name not in controls:
-        by_kind = {get_branch(c).kind: c for c in controls}
-        if name not in by_kind:
-            raise LotteryError(f"unknown control {name!r}; choose from {', '.join(controls)}")
-        name = by_kind[name]
-        if not args.quiet:
-            print(f"note: --control {args.control} is now called {name} (the same runs)", file=sys.stderr)
+    if name in controls:
+        return name
+    by_kind = {get_branch(c).kind: c for c in controls}
+    if name not in by_kind:
+        raise LotteryError(f"unknown control {name!r}; choose from {', '.join(controls)}")
+    if not quiet:
+        print(f"note: control {name} is now called {by_kind[name]} (the same runs)", file=sys.stderr)
+    return by_kind[name]
+
+
+def cmd_reinit(args) -> None:
+    """`lth reinit --control NAME`: `lth branch NAME` for the control branches (see `_control_name`)."""
     args.branch_options = []
-    _run_branch(args, name)
+    _run_branch(args, _control_name(args.control, args.quiet))
 
 
 def cmd_branch(args) -> None:

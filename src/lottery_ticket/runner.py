@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lottery_ticket import layout, procs
-from lottery_ticket.branches import branch_for_kind
+from lottery_ticket.branches import branch_for_kind, run_branch
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.experiment import experiment
 from lottery_ticket.hparams import Hparams, diff
@@ -104,6 +104,18 @@ class LotteryJob:
     seed: int
     trial: int
     levels: int
+
+
+@dataclass(frozen=True)
+class LevelJob:
+    """One level of one lottery trial: the ticket's run, after the trial's level before it is
+    complete (see `lottery_level`)."""
+
+    exp_dir: str
+    hp: Hparams
+    seed: int
+    trial: int
+    level: int
 
 
 @dataclass(frozen=True)
@@ -265,7 +277,6 @@ def lottery_trial(job: LotteryJob, ctx: RunOptions) -> None:
     """One trial: levels 0..`levels` of train, prune, rewind, retrain."""
     exp_dir, hp, seed, trial, levels = job.exp_dir, job.hp, job.seed, job.trial, job.levels
     seeds = trial_seeds(seed, trial)
-    rewind = hp.training.rewind_iteration
 
     def make_dataset():
         return load_splits(hp, ctx, seeds["labels"])
@@ -276,19 +287,80 @@ def lottery_trial(job: LotteryJob, ctx: RunOptions) -> None:
         return new_model(hp, splits, seeds["model"], presets)
 
     def train_model(level, dataset, model, masks):
-        out = layout.run_dir(exp_dir, trial, level)
-        started = time.time()
-        run = run_seeds(hp, seed, trial, level)
-        result = train(
-            model, dataset, hp, order_seed=run["order"], masks=masks, output_dir=out,
-            run_info={"trial": trial, "level": level, "control": TICKET, "run_index": 0, "seeds": run},
-            start_iteration=rewind if level > 0 else 0, **train_options(ctx),
-        )
-        report_run(out, result, started, ctx)
+        result = train_ticket(LevelJob(exp_dir, hp, seed, trial, level), ctx, dataset, model, masks)
         return result.rewind, result.final
 
     prune_masks = pruner(hp, make_model(None), splits)
     experiment(make_dataset, make_model, train_model, prune_masks, levels)
+
+
+def train_ticket(job: LevelJob, ctx: RunOptions, splits, model: torch.nn.Module, masks):
+    """The ticket's run at (trial, level): `model` (already reset) trained with `masks`; its result."""
+    exp_dir, hp, seed, trial, level = job.exp_dir, job.hp, job.seed, job.trial, job.level
+    out = layout.run_dir(exp_dir, trial, level)
+    started = time.time()
+    run = run_seeds(hp, seed, trial, level)
+    result = train(
+        model, splits, hp, order_seed=run["order"], masks=masks, output_dir=out,
+        run_info={"trial": trial, "level": level, "control": TICKET, "run_index": 0, "seeds": run},
+        start_iteration=hp.training.rewind_iteration if level > 0 else 0, **train_options(ctx),
+    )
+    report_run(out, result, started, ctx)
+    return result
+
+
+def lottery_level(job: LevelJob, ctx: RunOptions) -> None:
+    """One level of one trial, from the files of the trial's level before (which must be
+    complete): its masks pruned from that level's masks and final weights, its weights reset to
+    level 0's (initial, or under late rewinding the rewind iteration's). The same runs as
+    `lottery_trial` (bitwise: the files hold exactly what that loop keeps in memory), so a
+    trial's levels can be scheduled one by one, between other trials' levels and control runs."""
+    from lottery_ticket.masking import full_masks
+
+    exp_dir, hp, trial, level = job.exp_dir, job.hp, job.trial, job.level
+    seeds = trial_seeds(job.seed, trial)
+    splits = load_splits(hp, ctx, seeds["labels"])
+    if level == 0:
+        model = new_model(hp, splits, seeds["model"])
+        train_ticket(job, ctx, splits, model, full_masks(model))
+        return
+    reset = read_run_tensors(layout.run_dir(exp_dir, trial, 0),
+                             layout.REWIND if hp.training.rewind_iteration > 0 else layout.INITIAL)
+    model = new_model(hp, splits, seeds["model"], reset)
+    previous = layout.run_dir(exp_dir, trial, level - 1)
+    prune_masks = pruner(hp, model, splits)  # (the architecture: strategies prune a copy holding the weights)
+    masks = prune_masks(read_run_tensors(previous, layout.MASKS), read_run_tensors(previous, layout.FINAL))
+    train_ticket(job, ctx, splits, model, masks)
+
+
+def lottery_jobs(exp_dir: str, hp: Hparams, seed: int, trials: int, levels: int, controls: tuple[str, ...] = (),
+                 control_levels: tuple[int, ...] = (), control_runs: int = 1) -> tuple[list, list[tuple[int, ...]]]:
+    """A lottery with its control runs as one job graph (`schedule`): (jobs, after). Each level of
+    each trial is a `LevelJob` waiting for the trial's level before; each control run (`controls`:
+    branch names, at `control_levels`, `control_runs` per level and trial) a `BranchJob` waiting
+    for its level. Run with `run_jobs(run_job, jobs, ..., after=after)`."""
+    from lottery_ticket.branches import BranchJob
+
+    jobs: list = []
+    after: list[tuple[int, ...]] = []
+    for trial in range(trials):
+        for level in range(levels + 1):
+            previous, ticket = (ticket,) if level > 0 else (), len(jobs)
+            jobs.append(LevelJob(exp_dir, hp, seed, trial, level))
+            after.append(previous)
+            if level in control_levels:
+                for name in controls:
+                    for r in range(control_runs):
+                        jobs.append(BranchJob(exp_dir, name, trial, level, r))
+                        after.append((ticket,))
+    return jobs, after
+
+
+def run_job(job, ctx: RunOptions) -> None:
+    """The job function of a lottery job graph: a ticket level (`LevelJob`) or a branch run."""
+    if isinstance(job, LevelJob):
+        return lottery_level(job, ctx)
+    return run_branch(job, ctx)
 
 
 @dataclass
@@ -516,17 +588,27 @@ def _call_job(fn, job, ctx: RunOptions, parent_pid: int):
 
 
 def run_jobs(fn, jobs: list, workers: int, threads: int, ctx: RunOptions, share: Hparams | None = None,
-             runs: int | None = None, what: str = "jobs") -> list:
-    """fn(job, ctx) for every job (a frozen dataclass such as `LotteryJob`, picklable), their results: in this process if `workers` is 1, else in a
-    process pool whose workers find the dataset of `share` (if given) already loaded, in shared
-    memory. `runs`: how many training runs the jobs make (for the progress view's ETA).
+             runs: int | None = None, what: str = "jobs", after: list[tuple[int, ...]] | None = None) -> list:
+    """fn(job, ctx) for every job (a frozen dataclass such as `LotteryJob`, picklable), their results: in this
+    process if `workers` is 1, else in a process pool whose workers find the dataset of `share` (if given)
+    already loaded, in shared memory. `runs`: how many training runs the jobs make (for the progress
+    view's ETA). `after[i]`: the indices of the jobs job i waits for (see `schedule`); a job starts
+    when they are done and a worker is free, the longest remaining chain first (without `after`: in
+    list order).
 
     The pool's workers die with this process. Asked to stop (SIGINT/SIGTERM, see `procs`), this
     process passes SIGTERM on to its workers, waits for them to write their checkpoints, and
     raises `procs.Stopped`."""
+    from lottery_ticket.schedule import Schedule
+
+    schedule = Schedule(after if after is not None else [()] * len(jobs))
     if workers <= 1 or len(jobs) <= 1:
+        results: dict[int, object] = {}
         with torch_threads(threads):
-            return [fn(job, ctx) for job in jobs]
+            while (i := schedule.next()) is not None:
+                results[i] = fn(jobs[i], ctx)
+                schedule.finished(i)
+        return [results[i] for i in range(len(jobs))]
     if not ctx.quiet:
         print(f"starting {len(jobs)} {what} on {workers} worker processes x {threads} threads"
               + (f" ({runs} training runs)" if runs else ""), file=sys.stderr, flush=True)
@@ -536,17 +618,27 @@ def run_jobs(fn, jobs: list, workers: int, threads: int, ctx: RunOptions, share:
     view = None if ctx.quiet else ProgressView(runs, len(jobs))
     parent = os.getpid()
     stopped: int | None = None
+    futures: dict[int, object] = {}  # job index -> its future, once started
     try:
         with ProcessPoolExecutor(workers, mp_context=mp, initializer=_init_worker,
                                  initargs=(threads, shared_datasets(share, ctx) if share else {}, parent,
                                            queue)) as pool:
-            futures = [pool.submit(_call_job, fn, job, worker_ctx, parent) for job in jobs]
-            pending = set(futures)
+            pending: set = set()
+            started: dict = {}  # future -> job index
+            failed = False
+
+            def start_ready() -> None:  # (no more than `workers` at once: the schedule picks late)
+                while len(pending) < workers and (i := schedule.next()) is not None:
+                    futures[i] = pool.submit(_call_job, fn, jobs[i], worker_ctx, parent)
+                    started[futures[i]] = i
+                    pending.add(futures[i])
+
+            start_ready()
             try:
                 while pending:
-                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                    done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                     if view is not None:
-                        view.update(queue, jobs_done=sum(f.done() for f in futures))
+                        view.update(queue, jobs_done=sum(f.done() for f in futures.values()))
                     errors = [f.exception() for f in done if not f.cancelled() and f.exception() is not None]
                     stops = [e.signum for e in errors if isinstance(e, procs.Stopped)]
                     if stopped is None and (procs.stop_requested() or stops):
@@ -556,6 +648,11 @@ def run_jobs(fn, jobs: list, workers: int, threads: int, ctx: RunOptions, share:
                         for future in pending:
                             future.cancel()
                     pending = {f for f in pending if not f.cancelled()}
+                    failed = failed or bool(errors)
+                    for future in done:
+                        schedule.finished(started[future])
+                    if stopped is None and not failed:
+                        start_ready()
             except BaseException:  # e.g. a second signal (Stopped at once): do not wait for every job
                 _stop_workers(pool, pending)
                 raise
@@ -567,10 +664,12 @@ def run_jobs(fn, jobs: list, workers: int, threads: int, ctx: RunOptions, share:
             queue.cancel_join_thread()
     if stopped is not None:
         raise procs.Stopped(stopped)
-    for future in futures:
+    for future in futures.values():
         if not future.cancelled() and future.exception() is not None:
             raise future.exception()
-    return [future.result() for future in futures]
+    if schedule:
+        raise RuntimeError("job dependencies left jobs that could never start")  # (Schedule refuses cycles)
+    return [futures[i].result() for i in range(len(jobs))]
 
 
 def _stop_workers(pool: ProcessPoolExecutor, pending) -> None:
