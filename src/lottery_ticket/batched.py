@@ -1,4 +1,6 @@
-"""Train K independent fully-connected networks of one architecture as one batched computation.
+"""Train K independent networks of one architecture as one batched computation: fully-connected
+networks here, by hand-written batched matrix products; any other architecture (conv nets, VGG,
+ResNet) through torch.func in `batched_func` (`train_batched` picks the engine).
 
 Each network keeps its own initial weights, masks and data order (order seed); the K weight
 matrices of a layer are stacked into one [K, out, in] tensor and every matrix product of the
@@ -202,6 +204,16 @@ class BatchedEngine(Engine):
         return self._models
 
 
+def engine_class(model: nn.Module) -> type[Engine]:
+    """The batched engine for networks like `model`: the hand-written stacked step for
+    fully-connected networks, torch.func's vmap for every other architecture (`batched_func`)."""
+    if type(model) is FullyConnected:
+        return BatchedEngine
+    from lottery_ticket.batched_func import FuncBatchedEngine
+
+    return FuncBatchedEngine
+
+
 def train_batched(
     models: list[nn.Module],
     splits,
@@ -236,7 +248,7 @@ def train_batched(
     masks = [None] * len(models) if masks is None else list(masks)
     if not len(models) == len(order_seeds) == len(masks):
         raise LotteryError(f"got {len(models)} models, {len(order_seeds)} order seeds and {len(masks)} masks")
-    engine = BatchedEngine(models, splits, hp, order_seeds, masks, torch.device(device))
+    engine = engine_class(models[0])(models, splits, hp, order_seeds, masks, torch.device(device))
     total = total_iterations(hp.training, len(engine.train[1]), hp.dataset.batch_size)
     loop.check_iterations(hp.training, total, start_iteration)
     initial = [state_dict_copy(model) for model in models]

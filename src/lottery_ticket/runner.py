@@ -224,9 +224,11 @@ def check_model(hp: Hparams, batched: bool = False, trials: int | None = None) -
     pruner(hp, model)
     if batched:
         if not is_fully_connected(hp.model.model):
-            raise LotteryError(f"--batched supports fully-connected models only, not {hp.model.model}")
-        if hp.dataset.augment:
-            raise LotteryError("--batched does not support --augment")
+            from lottery_ticket.batched_func import check_supported
+
+            check_supported(model)  # (conv nets, VGG, ResNet: batched by torch.func)
+        elif hp.dataset.augment:
+            raise LotteryError("--batched does not support --augment for fully-connected models")
         if per_trial_labels(hp) and (trials is None or trials > 1):
             raise LotteryError("--batched trains all trials on the same labels; it cannot be combined with "
                                "--permute-labels or --random-labels")
@@ -344,10 +346,12 @@ def lottery_jobs(exp_dir: str, hp: Hparams, seed: int, trials: int, levels: int,
     jobs: list = []
     after: list[tuple[int, ...]] = []
     for trial in range(trials):
+        previous: tuple[int, ...] = ()  # the trial's level before, once there is one
         for level in range(levels + 1):
-            previous, ticket = (ticket,) if level > 0 else (), len(jobs)
+            ticket = len(jobs)
             jobs.append(LevelJob(exp_dir, hp, seed, trial, level))
             after.append(previous)
+            previous = (ticket,)
             if level in control_levels:
                 for name in controls:
                     for r in range(control_runs):

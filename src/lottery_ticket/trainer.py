@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lottery_ticket import layout, loop, procs
 from lottery_ticket.callbacks import write_rows
 from lottery_ticket.checkpoint import has_checkpoint
+from lottery_ticket.data.augment import augment_seed
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.fast_optim import make_update
 from lottery_ticket.hparams import Hparams, TrainingHparams
@@ -115,7 +116,7 @@ class SingleEngine(loop.Engine):
         self.order_seed = order_seed
         self.augment = None
         if hp.dataset.augment:
-            from lottery_ticket.data import augment_batch
+            from lottery_ticket.data.augment import augment_batch
 
             self.augment = augment_batch
         self.optimizer = make_optimizer(model, hp.training)
@@ -129,8 +130,7 @@ class SingleEngine(loop.Engine):
         x = torch.index_select(self.train[0], 0, index, out=self.batch_x)
         y = torch.index_select(self.train[1], 0, index, out=self.batch_y)
         if self.augment is not None:
-            # modulo 2**64: torch.Generator seeds are 64-bit, the runner's order seeds 63-bit
-            x = self.augment(x, seed=(self.order_seed * 1_000_003 + iteration) % 2**64)
+            x = self.augment(x, seed=augment_seed(self.order_seed, iteration))
         return self._step(x, y)
 
     def models(self) -> list[nn.Module]:
