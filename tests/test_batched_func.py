@@ -4,7 +4,7 @@ Not bitwise: vmap runs the K convolutions as one grouped convolution and the K m
 one batched product, kernels that sum in another order than the one-network ones, so each step
 differs by float rounding (about 1e-7 relative). Compared with SGD over a few steps, where such
 differences stay of their own size (Adam's first steps divide by the gradients' own magnitude and
-can turn a rounding-sized gradient into a full-size update), at a tolerance 100-1000x above the
+can turn a rounding-sized gradient into a full-size update), at a tolerance 40-200x above the
 differences measured and far below any real change. The batched augmentation is a pure gather of
 the same draws, so it is compared exactly.
 """
