@@ -516,14 +516,19 @@ def _call_job(fn, job, ctx: RunOptions, parent_pid: int):
 
 
 def run_jobs(fn, jobs: list, workers: int, threads: int, ctx: RunOptions, share: Hparams | None = None,
-             runs: int | None = None, what: str = "jobs") -> list:
+             runs: int | None = None, what: str = "jobs", backend=None) -> list:
     """fn(job, ctx) for every job (a frozen dataclass such as `LotteryJob`, picklable), their results: in this process if `workers` is 1, else in a
     process pool whose workers find the dataset of `share` (if given) already loaded, in shared
     memory. `runs`: how many training runs the jobs make (for the progress view's ETA).
 
     The pool's workers die with this process. Asked to stop (SIGINT/SIGTERM, see `procs`), this
     process passes SIGTERM on to its workers, waits for them to write their checkpoints, and
-    raises `procs.Stopped`."""
+    raises `procs.Stopped`.
+
+    `backend` (see `lottery_ticket.backends`; None: this process pool) runs the jobs elsewhere,
+    e.g. as Ray tasks on a cluster: `backend.run_jobs(fn, jobs, threads, ctx, runs, what)`."""
+    if backend is not None:
+        return backend.run_jobs(fn, jobs, threads, ctx, runs=runs, what=what)
     if workers <= 1 or len(jobs) <= 1:
         with torch_threads(threads):
             return [fn(job, ctx) for job in jobs]
@@ -627,7 +632,7 @@ class ProgressView:
                 iteration, total = value
                 self.running[key] = (iteration, total)
                 self.totals.append(total)
-                self.write(f"start: {key} (iteration {iteration} of {total})" if iteration else f"start: {key}")
+                self.write(self.started_line(key, iteration, total))
             elif kind == "step" and key in self.running:
                 iteration, total = self.running[key]
                 self.trained += max(0, value - iteration)
@@ -640,6 +645,9 @@ class ProgressView:
             elif kind == "line":
                 self.write(str(value))
         self.render()
+
+    def started_line(self, key: str, iteration: int, total: int) -> str:
+        return f"start: {key} (iteration {iteration} of {total})" if iteration else f"start: {key}"
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
