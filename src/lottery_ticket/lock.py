@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -163,7 +164,7 @@ class RunLock:
     def _take_over(self, holder: dict, mtime: int | None, why: str) -> None:
         """Remove the lock of a gone holder, if it is still the very file we judged: moved away
         first (atomic), checked, then deleted; a file that changed meanwhile is put back."""
-        moved = self.path.with_name(f"{LOCK_NAME}.takeover.{host_name()}.{os.getpid()}")
+        moved = self.path.with_name(f"{LOCK_NAME}.takeover.{secrets.token_hex(8)}")
         try:
             os.rename(self.path, moved)
         except FileNotFoundError:
@@ -204,7 +205,7 @@ class RunLock:
                     return False
                 os.utime(self.path)
             else:
-                claimed = self.path.with_name(f"{LOCK_NAME}.renew.{host_name()}.{os.getpid()}")
+                claimed = self.path.with_name(f"{LOCK_NAME}.renew.{secrets.token_hex(8)}")
                 os.rename(self.path, claimed)
                 if self._read_holder(claimed) != self._me or self._mtime_ns(claimed) != self._touched:
                     with contextlib.suppress(FileExistsError):

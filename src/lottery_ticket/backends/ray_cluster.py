@@ -61,13 +61,15 @@ POLL_SECONDS = 0.5
 
 class RayBackend:
     """`run_jobs(fn, jobs, threads, options, runs, what)` as Ray tasks (see the module docstring).
-    After a call, `records` holds each job's status record and `timings` the seconds spent
-    connecting (`connect`: starting a private instance) and running (`run`)."""
+    After a call, `records` holds each job's status record, `events` every progress event (see
+    `RayProgressView.events`) and `timings` the seconds spent connecting (`connect`: starting a
+    private instance) and running (`run`)."""
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
                  max_retries: int = MAX_RETRIES):
         self.address, self.cpus, self.gpus, self.max_retries = address, cpus_per_run, gpus_per_run, max_retries
         self.records: list[dict] = []
+        self.events: list[tuple] = []
         self.timings: dict[str, float] = {}
 
     def run_jobs(self, fn, jobs: list, threads: int, options, runs: int | None = None, what: str = "jobs") -> list:
@@ -113,7 +115,10 @@ class RayBackend:
                   f"{self.cpus:g} CPU{'s' if self.cpus != 1 else ''}"
                   + (f" + {self.gpus:g} GPU" if self.gpus else "") + f" x {threads} threads per run"
                   + (f" ({runs} training runs)" if runs else ""), file=sys.stderr, flush=True)
-        hub = ProgressHub.options(num_cpus=0).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        hub = ProgressHub.options(num_cpus=0, scheduling_strategy=here).remote()  # dies only with the driver's node
         env = {name: os.environ[name] for name in ENVIRONMENT if os.environ.get(name)}
         if env.get("LTH_DATA"):
             env["LTH_DATA"] = os.path.abspath(env["LTH_DATA"])
@@ -124,13 +129,14 @@ class RayBackend:
                 for job, label in zip(jobs, labels, strict=True)]
         where = {ref: i for i, ref in enumerate(refs)}
         view = RayProgressView(runs, len(jobs), quiet=options.quiet)
+        self.events = view.events
         self.records = [{} for _ in jobs]
         failures: list[tuple[str, str, str]] = []  # (label, node, error text)
         pending, stopped, force_at = list(refs), None, None
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_SECONDS)
-                view.feed(ray.get(hub.drain.remote()))
+                view.feed(_drain(hub))
                 for ref in done:
                     i = where[ref]
                     self.records[i] = _status(ref, labels[i], view)
@@ -168,6 +174,14 @@ class RayBackend:
             more = f" (and {len(failures) - 1} more, listed above)" if len(failures) > 1 else ""
             raise LotteryError(f"{label} failed on node {node}: {_last_lines(error)[-1]}{more}")
         return [r["result"] for r in self.records]
+
+
+def _drain(hub) -> list[tuple]:
+    """The hub's new events (none if it is gone: progress is a view, never a reason to fail)."""
+    try:
+        return ray.get(hub.drain.remote(), timeout=10)
+    except (ray.exceptions.RayError, TimeoutError):
+        return []
 
 
 def _status(ref, label: str, view: RayProgressView) -> dict:
@@ -241,7 +255,7 @@ class RayProgressView(ProgressView):
         self.failed = 0
         self.run_nodes: dict[str, str] = {}  # run -> node it (last) started on
         self.task_nodes: dict[str, str] = {}  # job label -> node it (last) started on
-        self.events: list[tuple] = []  # every event, (node, pid, kind, key, value)
+        self.events: list[tuple] = []  # every event as (arrival time.time(), node, pid, kind, key, value)
         self._queue = _ListQueue()
         if not quiet:
             super().__init__(runs, jobs)
@@ -251,7 +265,8 @@ class RayProgressView(ProgressView):
             self.started = self.last_plain = time.monotonic()
 
     def feed(self, events: list[tuple]) -> None:
-        self.events.extend(events)
+        now = time.time()
+        self.events.extend((now, *event) for event in events)
         for node, pid, kind, key, value in events:
             if kind == "task":
                 self.task_nodes[key] = node
