@@ -81,7 +81,7 @@ def test_lottery_and_controls_on_a_cluster_survive_a_node_loss_and_match_local(c
     c, workers = cluster
     data = ["--data-root", str(mnist_root)]
     started = time.time()
-    print(f"\ncluster up; running the local reference", flush=True)
+    print("\ncluster up; running the local reference", flush=True)
     local = tmp_path / "local"
     assert cli.main(["lottery", *LOTTERY, *data, "--quiet", "--workers", "2", "--output-dir", str(local)]) == 0
     assert cli.main(["reinit", *CONTROLS, *data, "--quiet", "--workers", "2", "--experiment", str(local)]) == 0

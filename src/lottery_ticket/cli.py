@@ -418,6 +418,7 @@ def cmd_lottery(args) -> None:
         check_rewind(hp.training, hp.training.iterations, args.levels)
     ctx = _context(args)
     _check_device(ctx.device, args)
+    workers, threads, backend = _parallel(args, args.trials, hp.model.model)  # (a missing Ray: before any file)
     prepare_experiment(args.output_dir, hp, args.seed)
     if args.batched:
         from lottery_ticket.runner import eval_threads, lottery_batched
@@ -426,7 +427,6 @@ def cmd_lottery(args) -> None:
         with threads(_threads(args, eval_threads(1))):
             lottery_batched(args.output_dir, hp, args.seed, list(range(args.trials)), args.levels, ctx)
     else:
-        workers, threads, backend = _parallel(args, args.trials, hp.model.model)
         jobs = [LotteryJob(args.output_dir, hp, args.seed, trial, args.levels) for trial in range(args.trials)]
         run_jobs(lottery_trial, jobs, workers, threads, _with_eval_threads(ctx, workers, backend and threads),
                  share=hp, runs=args.trials * (args.levels + 1), what="trials", backend=backend)

@@ -87,8 +87,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    def __init__(self, directory: str | Path):
+    """The lock of the run in `directory`, taken as `host` (default: `host_name()`)."""
+
+    def __init__(self, directory: str | Path, host: str | None = None):
         self.path = Path(directory) / LOCK_NAME
+        self.host = host
         self.held = False
         self._me: dict = {}
         self._lease = DEFAULT_LEASE_SECONDS
@@ -100,7 +103,7 @@ class RunLock:
     def acquire(self) -> None:
         with _user_io_errors(self.path.parent, "create directory"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"host": host_name(), "pid": os.getpid()}
+        me = {"host": self.host or host_name(), "pid": os.getpid()}
         lease = lease_seconds()
         # An empty or unreadable lock file is either being written right now (its holder is named
         # within milliseconds) or was left by a writer killed in between (it turns stale after
@@ -194,6 +197,7 @@ class RunLock:
                 print(f"lock: lost {self.path.parent} to another holder; stopping this process at once "
                       "(the run resumes from its checkpoint where it is retried)", file=sys.stderr, flush=True)
                 os._exit(LOST_LEASE_EXIT)
+                return  # (only where os._exit is replaced: tests)
 
     def renew(self) -> bool:
         """Touch the lock file (a new lease); False if it is no longer ours. Late (3/4 of the
