@@ -6,6 +6,7 @@ same commands run with the local backend. Skipped only when Ray is not installed
 
 import json
 import os
+import signal
 import threading
 import time
 
@@ -13,7 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from lottery_ticket import cli, layout  # noqa: E402
+from lottery_ticket import cli, layout, procs  # noqa: E402
 
 LEASE_SECONDS = "2"  # the run-lock lease: how long a retry waits for the dead node's lock
 FLAGS = ["--iterations", "400", "--eval-every", "200", "--validation-size", "1000", "--checkpoint-seconds", "0.2"]
@@ -46,6 +47,20 @@ def cluster():
         os.environ.update(saved)
 
 
+@pytest.fixture(scope="module")
+def local(cluster, mnist_root, tmp_path_factory):
+    """The reference: the same lottery and controls with the local backend (the process pool)."""
+    exp = tmp_path_factory.mktemp("local") / "exp"
+    data = ["--data-root", str(mnist_root)]
+    assert cli.main(["lottery", *LOTTERY, *data, "--quiet", "--workers", "2", "--output-dir", str(exp)]) == 0
+    assert cli.main(["reinit", *CONTROLS, *data, "--quiet", "--workers", "2", "--experiment", str(exp)]) == 0
+    return exp
+
+
+def _ray_flags(c) -> list[str]:
+    return ["--backend", "ray", "--ray-address", c.address, "--gpus-per-run", "0.5", "--quiet"]
+
+
 def _result_files(exp) -> dict:
     """Every run's result files (run.json, metrics.csv, the networks) by path within `exp`."""
     files = {}
@@ -54,6 +69,33 @@ def _result_files(exp) -> dict:
             if (run / name).exists():
                 files[str((run / name).relative_to(exp))] = (run / name).read_bytes()
     return files
+
+
+def test_a_stopped_driver_cancels_its_tasks_and_the_same_command_resumes(cluster, local, tmp_path, mnist_root):
+    """Ctrl-C on the driver: the tasks write their checkpoints and stop, the command exits 130;
+    the same command again finishes the runs, bitwise as the local backend trains them."""
+    c, _ = cluster
+    exp = tmp_path / "exp"
+    argv = ["lottery", "--trials", "2", "--levels", "0", *FLAGS, "--data-root", str(mnist_root), *_ray_flags(c),
+            "--output-dir", str(exp)]
+
+    def stop_once_a_run_has_a_checkpoint():
+        while not any(exp.rglob(layout.CHECKPOINT_FILE)):
+            time.sleep(0.02)
+        procs.request_stop(signal.SIGINT)  # (what Ctrl-C does to the driver)
+
+    stopper = threading.Thread(target=stop_once_a_run_has_a_checkpoint, daemon=True)
+    stopper.start()
+    assert cli.main(argv) == 130
+    stopper.join()
+    runs = [layout.run_dir(exp, t, 0) for t in range(2)]
+    assert not all(layout.is_complete(run) for run in runs)
+    assert not any(exp.rglob(layout.LOCK))  # every task stopped and let go of its run
+    assert cli.main(argv) == 0
+    assert all(layout.is_complete(run) for run in runs)
+    level_0 = tuple(str(layout.run_dir(local, t, 0).relative_to(local)) for t in range(2))
+    reference = {name: data for name, data in _result_files(local).items() if name.startswith(level_0)}
+    assert len(reference) == 2 * 5 and _result_files(exp) == reference
 
 
 def _kill_a_training_node(c, workers, exp, found: dict, stop: threading.Event) -> None:
@@ -79,21 +121,14 @@ def _kill_a_training_node(c, workers, exp, found: dict, stop: threading.Event) -
         time.sleep(0.02)
 
 
-def test_lottery_and_controls_on_a_cluster_survive_a_node_loss_and_match_local(cluster, tmp_path, mnist_root,
+def test_lottery_and_controls_on_a_cluster_survive_a_node_loss_and_match_local(cluster, local, tmp_path, mnist_root,
                                                                                 monkeypatch):
     c, workers = cluster
     data = ["--data-root", str(mnist_root)]
-    started = time.time()
-    print("\ncluster up; running the local reference", flush=True)
-    local = tmp_path / "local"
-    assert cli.main(["lottery", *LOTTERY, *data, "--quiet", "--workers", "2", "--output-dir", str(local)]) == 0
-    assert cli.main(["reinit", *CONTROLS, *data, "--quiet", "--workers", "2", "--experiment", str(local)]) == 0
-    local_seconds = time.time() - started
-
     backends = []
     make_backend = cli.make_backend
     monkeypatch.setattr(cli, "make_backend", lambda *a, **k: backends.append(make_backend(*a, **k)) or backends[-1])
-    ray_flags = ["--backend", "ray", "--ray-address", c.address, "--gpus-per-run", "0.5", "--quiet"]
+    ray_flags = _ray_flags(c)
     exp = tmp_path / "ray"
     found, stop = {}, threading.Event()
     killer = threading.Thread(target=_kill_a_training_node, args=(c, workers, exp, found, stop))
@@ -131,4 +166,4 @@ def test_lottery_and_controls_on_a_cluster_survive_a_node_loss_and_match_local(c
     print(f"\nnode loss: detected {found['detected'] - found['killed']:.1f} s after the kill, retry started "
           f"{retry - found['killed']:.1f} s after, training resumed {took_over - found['killed']:.1f} s after "
           f"at iteration {iteration} (checkpoint at the kill: {found['checkpoint']}); "
-          f"ray lottery {finished - started:.1f} s in all (local backend, lottery + controls: {local_seconds:.1f} s)")
+          f"the Ray lottery {finished - started:.1f} s in all")

@@ -194,7 +194,7 @@ def _status(ref, label: str, view: RayProgressView) -> dict:
         return {"status": "failed", "node": view.task_nodes.get(label, "?"), "error": str(e), "result": None}
     except ray.exceptions.RayError as e:
         cause = getattr(e, "cause", None)
-        text = str(e) if cause is None or not isinstance(cause, LotteryError) else f"{e}\nerror: {cause}"
+        text = str(e) if not isinstance(cause, LotteryError) else f"{e}\n{cause}"  # (the user's one line last)
         return {"status": "failed", "node": view.task_nodes.get(label, "?"), "error": text, "result": None}
 
 
