@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lottery_ticket import __version__, layout
+from lottery_ticket.backends import BACKENDS, RAY_INSTALL_HINT, make_backend
 from lottery_ticket.branches import BranchJob, branch_names, control_names, get_branch, run_branch
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import (
@@ -55,6 +56,25 @@ def check_run_flags(args: argparse.Namespace) -> None:
     seconds = getattr(args, "checkpoint_seconds", None)
     if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
         raise LotteryError(f"--checkpoint-seconds must be finite and > 0, got {seconds}")
+    check_backend_flags(args)
+
+
+def check_backend_flags(args: argparse.Namespace) -> None:
+    """--backend and the flags that only mean something with --backend ray."""
+    backend = getattr(args, "backend", "local")
+    for name in ("ray_address", "cpus_per_run", "gpus_per_run"):
+        if getattr(args, name, None) is not None and backend != "ray":
+            raise LotteryError(f"--{name.replace('_', '-')} needs --backend ray")
+    cpus, gpus = getattr(args, "cpus_per_run", None), getattr(args, "gpus_per_run", None)
+    if cpus is not None and not (math.isfinite(cpus) and 0 < cpus <= MAX_PARALLEL):
+        raise LotteryError(f"--cpus-per-run must be a number in (0, {MAX_PARALLEL}], got {cpus}")
+    if gpus is not None and not (math.isfinite(gpus) and 0 <= gpus <= MAX_PARALLEL):
+        raise LotteryError(f"--gpus-per-run must be a number in [0, {MAX_PARALLEL}], got {gpus}")
+    if backend == "ray" and getattr(args, "batched", False):
+        raise LotteryError("--batched trains in one process; it cannot be combined with --backend ray")
+    if backend == "ray" and (getattr(args, "workers", None) or 1) > 1:
+        raise LotteryError("--workers is for --backend local; with --backend ray the cluster's resources "
+                           "decide how many runs train at once (see --cpus-per-run, --gpus-per-run)")
 
 
 def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> None:
@@ -87,6 +107,25 @@ def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> N
                             "VGG and ResNet by torch.func's vmap; no --dropout); the big win is on a GPU")
         g.add_argument("--workers", type=int, default=None,
                        help="parallel worker processes (default: one per core, at most one per job)")
+        _add_backend_flags(g)
+
+
+def _add_backend_flags(g) -> None:
+    """Where the runs go: this machine's worker processes, or the tasks of a Ray cluster."""
+    g.add_argument("--backend", choices=BACKENDS, default="local",
+                   help="local: worker processes on this machine (default); ray: one Ray task per run "
+                        f"(per trial for lottery, per line for sweep) on a Ray cluster (needs {RAY_INSTALL_HINT}); "
+                        "results go to the experiment directory, which every node must mount at the same path")
+    g.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --backend ray: the address of a running Ray cluster (e.g. head-node:6379, "
+                        "as `ray start --head` prints); default: start a private Ray instance on this "
+                        "machine for this command ($RAY_ADDRESS is never used implicitly)")
+    g.add_argument("--cpus-per-run", type=float, default=None, metavar="N",
+                   help="with --backend ray: CPUs Ray reserves for each run (default: 1); also its torch threads")
+    g.add_argument("--gpus-per-run", type=float, default=None, metavar="N",
+                   help="with --backend ray: GPUs Ray reserves for each run, fractional allowed: 0.25 packs "
+                        "four runs on one GPU (default: 1 with --device cuda, else 0); the run trains on the "
+                        "GPU Ray assigns it")
 
 
 def _callback_names() -> list[str]:
@@ -210,6 +249,7 @@ def build_parser(branches: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--argfile-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="stop an argfile script that runs longer than this and fail (default: 60)")
     p.add_argument("--quiet", action="store_true", help="no progress view (the lines' own output stays)")
+    _add_backend_flags(p.add_argument_group("running"))
 
     p = sub.add_parser("report", help="tables, plots and an HTML report of an experiment",
                        description="Write DIR/report.html, DIR/report.md, DIR/results.csv, DIR/aggregate.csv "
@@ -269,8 +309,12 @@ def _context(args):
                       callbacks=tuple(dict.fromkeys(args.callback)))
 
 
-def _check_device(device: str) -> None:
+def _check_device(device: str, args=None) -> None:
+    """The device exists here (with --backend ray: on the nodes, checked by each task)."""
     import torch
+
+    if getattr(args, "backend", "local") == "ray":
+        return
 
     try:
         dev = torch.device(device)
@@ -296,10 +340,22 @@ def _workers(args, jobs: int, model: str | None = None) -> tuple[int, int]:
     return workers, _threads(args, default_threads(workers, model))
 
 
-def _with_eval_threads(ctx, workers: int):
+def _parallel(args, jobs: int, model: str | None = None):
+    """(workers, threads per run, backend): the local pool's, or with --backend ray one worker
+    slot per task and threads following --cpus-per-run (backend None: the local pool)."""
+    backend = make_backend(args.backend, args.ray_address, args.cpus_per_run or 1.0,
+                           args.gpus_per_run if args.gpus_per_run is not None
+                           else float(getattr(args, "device", "cpu").startswith("cuda")))
+    if backend is None:
+        return (*_workers(args, jobs, model), None)
+    return 1, _threads(args, max(1, int(backend.cpus))), backend
+
+
+def _with_eval_threads(ctx, workers: int, threads: int | None = None):
+    """Evaluation threads per run: `threads` (a Ray task's CPU share) or cores / workers."""
     from lottery_ticket.runner import eval_threads
 
-    threads = eval_threads(workers)
+    threads = threads or eval_threads(workers)
     return replace(ctx, eval_threads=threads, background_eval=threads > 1)
 
 
@@ -371,12 +427,14 @@ def cmd_lottery(args) -> None:
     if hp.training.epochs == 0:
         check_rewind(hp.training, hp.training.iterations, args.levels)
     ctx = _context(args)
-    _check_device(ctx.device)
+    _check_device(ctx.device, args)
     controls, control_levels = _lottery_controls(args)
     jobs, after = lottery_jobs(args.output_dir, hp, args.seed, args.trials, args.levels, controls,
                                control_levels, args.control_runs)
     for name in controls:
         get_branch(name).check(hp, [job for job in jobs if getattr(job, "branch", None) == name])
+    # (a missing Ray: before any file)
+    workers, threads, backend = _parallel(args, len(jobs) if controls else args.trials, hp.model.model)
     prepare_experiment(args.output_dir, hp, args.seed)
     if args.batched:
         from lottery_ticket.runner import eval_threads, lottery_batched
@@ -385,9 +443,8 @@ def cmd_lottery(args) -> None:
         with threads(_threads(args, eval_threads(1))):
             lottery_batched(args.output_dir, hp, args.seed, list(range(args.trials)), args.levels, ctx)
     else:
-        workers, threads = _workers(args, len(jobs) if controls else args.trials, hp.model.model)
-        run_jobs(run_job, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp, runs=len(jobs),
-                 what="runs", after=after)
+        run_jobs(run_job, jobs, workers, threads, _with_eval_threads(ctx, workers, backend and threads), share=hp,
+                 runs=len(jobs), what="runs", after=after, backend=backend)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
@@ -445,7 +502,7 @@ def _run_branch(args, name: str) -> None:
     if args.batched and not branch.batched:
         raise LotteryError(f"--batched is not supported by branch {name}")
     ctx = _context(args)
-    _check_device(ctx.device)
+    _check_device(ctx.device, args)
     levels = parse_levels(args.levels)
     options = tuple((dest, getattr(args, dest)) for dest in args.branch_options)
     jobs = [BranchJob(job.exp_dir, name, job.trial, job.level, job.run_index, options)
@@ -460,9 +517,9 @@ def _run_branch(args, name: str) -> None:
         with threads(_threads(args, eval_threads(1))):
             branch.run_batched(jobs, ctx)
     else:
-        workers, threads = _workers(args, len(jobs), hp.model.model)
-        run_jobs(run_branch, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
-                 runs=len(jobs), what=f"{name} runs")
+        workers, threads, backend = _parallel(args, len(jobs), hp.model.model)
+        run_jobs(run_branch, jobs, workers, threads, _with_eval_threads(ctx, workers, backend and threads),
+                 share=hp, runs=len(jobs), what=f"{name} runs", backend=backend)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 
@@ -555,10 +612,11 @@ def cmd_sweep(args) -> None:
     if args.dry_run:
         print("\n".join(lines))
         return
-    workers, threads = _workers(args, len(lines))
-    print(f"sweep: {len(lines)} lines, {workers} workers x {threads} threads", file=sys.stderr)
+    workers, threads, backend = _parallel(args, len(lines))
+    if backend is None:
+        print(f"sweep: {len(lines)} lines, {workers} workers x {threads} threads", file=sys.stderr)
     codes = run_jobs(_sweep_line_job, [SweepJob(line, threads) for line in lines], workers, 1, RunOptions(quiet=args.quiet),
-                     what="sweep lines")
+                     what="sweep lines", backend=backend)
     failed = [line for line, code in zip(lines, codes, strict=True) if code]
     if failed:
         for line in failed:

@@ -592,7 +592,8 @@ def _call_job(fn, job, ctx: RunOptions, parent_pid: int):
 
 
 def run_jobs(fn, jobs: list, workers: int, threads: int, ctx: RunOptions, share: Hparams | None = None,
-             runs: int | None = None, what: str = "jobs", after: list[tuple[int, ...]] | None = None) -> list:
+             runs: int | None = None, what: str = "jobs", after: list[tuple[int, ...]] | None = None,
+             backend=None) -> list:
     """fn(job, ctx) for every job (a frozen dataclass such as `LotteryJob`, picklable), their results: in this
     process if `workers` is 1, else in a process pool whose workers find the dataset of `share` (if given)
     already loaded, in shared memory. `runs`: how many training runs the jobs make (for the progress
@@ -602,8 +603,14 @@ def run_jobs(fn, jobs: list, workers: int, threads: int, ctx: RunOptions, share:
 
     The pool's workers die with this process. Asked to stop (SIGINT/SIGTERM, see `procs`), this
     process passes SIGTERM on to its workers, waits for them to write their checkpoints, and
-    raises `procs.Stopped`."""
+    raises `procs.Stopped`.
+
+    `backend` (see `lottery_ticket.backends`; None: this process pool) runs the jobs elsewhere,
+    e.g. as Ray tasks on a cluster: `backend.run_jobs(fn, jobs, threads, ctx, runs, what, after)`."""
     from lottery_ticket.schedule import Schedule
+
+    if backend is not None:
+        return backend.run_jobs(fn, jobs, threads, ctx, runs=runs, what=what, after=after)
 
     schedule = Schedule(after if after is not None else [()] * len(jobs))
     if workers <= 1 or len(jobs) <= 1:
@@ -730,7 +737,7 @@ class ProgressView:
                 iteration, total = value
                 self.running[key] = (iteration, total)
                 self.totals.append(total)
-                self.write(f"start: {key} (iteration {iteration} of {total})" if iteration else f"start: {key}")
+                self.write(self.started_line(key, iteration, total))
             elif kind == "step" and key in self.running:
                 iteration, total = self.running[key]
                 self.trained += max(0, value - iteration)
@@ -743,6 +750,9 @@ class ProgressView:
             elif kind == "line":
                 self.write(str(value))
         self.render()
+
+    def started_line(self, key: str, iteration: int, total: int) -> str:
+        return f"start: {key} (iteration {iteration} of {total})" if iteration else f"start: {key}"
 
     def summary(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
