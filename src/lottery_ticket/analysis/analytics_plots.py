@@ -13,8 +13,9 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-from lottery_ticket.analysis.plots import _RC, _new_figure, _setup_pm_axis, format_pm
+from lottery_ticket.analysis.plots import _RC, _new_figure, _percent_tick, _setup_pm_axis, format_pm
 
 _LAYER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")
@@ -42,6 +43,9 @@ def plot_layer_remaining(layers: pd.DataFrame) -> Figure:
             _errorbar(ax, x, rows["mean"], rows["min"], rows["max"], marker="o", label=tensor, **style)
         _setup_pm_axis(ax, pm.tolist())
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(_percent_tick))
+        ax.yaxis.set_minor_locator(NullLocator())
         ax.set_ylabel("Weights remaining in the layer (%, log scale)")
         ax.set_title("Weights remaining per layer")
         ax.legend(loc="best", frameon=True, fontsize=8)
@@ -87,7 +91,7 @@ def plot_activations(table: pd.DataFrame) -> Figure:
                       marker="o", color=_color(i), label=layer)
             _errorbar(ax_mean, stats["pm"], stats["mean"], stats["mean_lo"], stats["mean_hi"], marker="o",
                       color=_color(i), label=layer)
-        for ax, label in ((ax_dead, "Dead units (%): never > 0 on the examples"), (ax_mean, "Mean activation")):
+        for ax, label in ((ax_dead, "Dead units (%: never > 0 on these examples)"), (ax_mean, "Mean activation")):
             _setup_pm_axis(ax, table["pm"].dropna().tolist())
             ax.set_ylabel(label)
         ax_dead.legend(loc="best", frameon=True, fontsize=8)

@@ -45,6 +45,10 @@ AGGREGATE_CSV = "aggregate.csv"
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 PLOTS = "plots"
+PAIRED_CSV = "paired.csv"  # ticket vs control, paired by trial
+LAYERS_CSV = "layers.csv"  # weights remaining per layer
+OVERLAP_CSV = "overlap.csv"  # Jaccard overlap of masks
+EFFICIENCY_CSV = "efficiency.csv"  # parameters, FLOPs, export size per level
 
 # What `lth activations` writes (default: into <experiment>/activations/).
 ACTIVATIONS = "activations"
