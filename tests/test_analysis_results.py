@@ -328,7 +328,7 @@ def test_report_files(report):
     pngs = sorted(p.name for p in report["plots_dir"].glob("*.png"))
     svgs = sorted(p.name for p in report["plots_dir"].glob("*.svg"))
     assert pngs == ["accuracy_curves.png", "early_stop_accuracy.png", "early_stop_iteration.png",
-                    "final_accuracy.png"]
+                    "final_accuracy.png", "layers_remaining.png"]  # (no initial weights: no initial_weights.png)
     assert svgs == [p.replace(".png", ".svg") for p in pngs]
     results = pd.read_csv(report["results_csv"])
     assert len(results) == 12 and results["complete"].all()
@@ -338,11 +338,11 @@ def test_report_files(report):
 def test_report_html_images_decode(report):
     page = report["html"].read_text(encoding="utf-8")
     images = IMG_RE.findall(page)
-    assert len(images) == 4 == page.count("<img ")
+    assert len(images) == 5 == page.count("<img ")  # (the fifth: weights remaining per layer)
     for encoded in images:
         assert_png(base64.b64decode(encoded, validate=True))
     assert 'src="http' not in page and "<link" not in page  # self-contained
-    assert page.count("<figcaption>") == 4
+    assert page.count("<figcaption>") == 5
     assert "90.05±0.07" in page and "350±71" in page  # summary table
     assert "0.0012" in page and "lenet" in page  # hyperparameters
     assert "Partial experiment" not in page
