@@ -351,7 +351,7 @@ def test_report_html_images_decode(report):
 def test_report_markdown_links_exist(report):
     md = report["markdown"].read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == 4
+    assert len(links) == 5
     for link in links:
         assert (report["markdown"].parent / link).is_file()
     assert "90.05±0.07" in md and "| level |" in md
