@@ -27,7 +27,7 @@ def _color(i: int) -> str:
 
 def _errorbar(ax, x, mean, low, high, **style) -> None:
     mean, low, high = (np.asarray(v, float) for v in (mean, low, high))
-    ax.errorbar(x, mean, yerr=np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)]),
+    ax.errorbar(x, mean, yerr=np.clip(np.nan_to_num(np.vstack([mean - low, high - mean])), 0, None),
                 markersize=4, linewidth=1.5, capsize=3, elinewidth=1.0, **style)
 
 

@@ -133,7 +133,7 @@ def spread(values: Iterable) -> Spread:
     n = len(xs)
     if n == 0:
         return Spread(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
-    mean = math.fsum(xs) / n
+    mean = min(max(math.fsum(xs) / n, min(xs)), max(xs))  # (rounding cannot put it outside the range)
     std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else math.nan
     low, high = t_interval(xs)
     return Spread(n, mean, std, min(xs), max(xs), low, high)
