@@ -363,7 +363,7 @@ def test_report_on_partial_experiment(partial, tmp_path):
     assert "Partial experiment: 12 of 15 runs complete, 3 incomplete" in page
     assert "(1 without metrics yet)" in page
     assert "trial_2/level_0/main" in page
-    assert len(IMG_RE.findall(page)) == 4
+    assert len(IMG_RE.findall(page)) == 5  # (with the weights remaining per layer)
     assert len(pd.read_csv(paths["results_csv"])) == 15
     assert "Partial experiment" in paths["markdown"].read_text(encoding="utf-8")
 
