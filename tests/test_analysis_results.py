@@ -328,7 +328,7 @@ def test_report_files(report):
     pngs = sorted(p.name for p in report["plots_dir"].glob("*.png"))
     svgs = sorted(p.name for p in report["plots_dir"].glob("*.svg"))
     assert pngs == ["accuracy_curves.png", "early_stop_accuracy.png", "early_stop_iteration.png",
-                    "final_accuracy.png"]
+                    "final_accuracy.png", "layers_remaining.png"]  # (no initial weights: no initial_weights.png)
     assert svgs == [p.replace(".png", ".svg") for p in pngs]
     results = pd.read_csv(report["results_csv"])
     assert len(results) == 12 and results["complete"].all()
@@ -338,11 +338,11 @@ def test_report_files(report):
 def test_report_html_images_decode(report):
     page = report["html"].read_text(encoding="utf-8")
     images = IMG_RE.findall(page)
-    assert len(images) == 4 == page.count("<img ")
+    assert len(images) == 5 == page.count("<img ")  # (the fifth: weights remaining per layer)
     for encoded in images:
         assert_png(base64.b64decode(encoded, validate=True))
     assert 'src="http' not in page and "<link" not in page  # self-contained
-    assert page.count("<figcaption>") == 4
+    assert page.count("<figcaption>") == 5
     assert "90.05±0.07" in page and "350±71" in page  # summary table
     assert "0.0012" in page and "lenet" in page  # hyperparameters
     assert "Partial experiment" not in page
@@ -351,7 +351,7 @@ def test_report_html_images_decode(report):
 def test_report_markdown_links_exist(report):
     md = report["markdown"].read_text(encoding="utf-8")
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert len(links) == 4
+    assert len(links) == 5
     for link in links:
         assert (report["markdown"].parent / link).is_file()
     assert "90.05±0.07" in md and "| level |" in md
@@ -363,7 +363,7 @@ def test_report_on_partial_experiment(partial, tmp_path):
     assert "Partial experiment: 12 of 15 runs complete, 3 incomplete" in page
     assert "(1 without metrics yet)" in page
     assert "trial_2/level_0/main" in page
-    assert len(IMG_RE.findall(page)) == 4
+    assert len(IMG_RE.findall(page)) == 5  # (with the weights remaining per layer)
     assert len(pd.read_csv(paths["results_csv"])) == 15
     assert "Partial experiment" in paths["markdown"].read_text(encoding="utf-8")
 

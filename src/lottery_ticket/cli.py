@@ -42,8 +42,9 @@ MAX_PARALLEL = 1024  # threads, worker processes
 
 # the allowed integers of every numeric run flag (hyperparameters check themselves: hparams.Range)
 RUN_INT_FLAGS = {
-    "seed": (0, INT_MAX), "trial": (0, INT_MAX), "levels": (0, MAX_COUNT), "trials": (1, MAX_COUNT),
-    "runs": (1, MAX_COUNT), "control_runs": (1, MAX_COUNT), "threads": (1, MAX_PARALLEL), "workers": (1, MAX_PARALLEL),
+    "seed": (0, INT_MAX), "trial": (0, INT_MAX), "level": (0, MAX_COUNT), "levels": (0, MAX_COUNT),
+    "trials": (1, MAX_COUNT), "runs": (1, MAX_COUNT), "control_runs": (1, MAX_COUNT), "threads": (1, MAX_PARALLEL),
+    "workers": (1, MAX_PARALLEL),
 }
 
 
@@ -261,9 +262,58 @@ def build_parser(branches: bool = False) -> argparse.ArgumentParser:
                    help="error bars in the figures: minmax (the range over trials, as the paper's "
                         "figures; default) or std (one standard deviation)")
 
+    p = sub.add_parser("activations", help="per-layer activations of saved networks, with statistics and a plot",
+                       description="For each trial and level asked, load the network (--weights) of run --run, "
+                                   "run it in eval mode without gradients on examples of --split, and write its "
+                                   "layers' activations (forward hooks; ReLU outputs by intercepting the calls) "
+                                   "to OUT/<trial, level, run, weights, split>.safetensors with each unit's firing "
+                                   "rate; OUT/activations.csv: per layer the mean, zero fraction, dead-unit "
+                                   "fraction and firing rates; OUT/activations.png/.svg: those across levels.")
+    _add_network_flags(p, levels=True)
+    p.add_argument("--split", default="validation", choices=("train", "validation", "test"),
+                   help="the examples' split (default: validation)")
+    p.add_argument("--examples", default="1000", metavar="N|all|LIST",
+                   help="which examples of the split: the first N (default: 1000), all, or indices such as "
+                        "0-99,512")
+    p.add_argument("--layers", default=None, metavar="NAMES",
+                   help="comma-separated layers: relu<i> (the i-th ReLU's output) or a module name such as "
+                        "hidden.0 (its output); default: every ReLU")
+    p.add_argument("--list-layers", action="store_true", help="print the model's layer names and exit")
+    p.add_argument("--output-dir", default=None, help="where to write (default: EXPERIMENT/activations)")
+    p.add_argument("--data-root", default=None, help="dataset directory (default: $LTH_DATA, else the cache)")
+    p.add_argument("--no-download", dest="download", action="store_false",
+                   help="fail instead of downloading missing dataset files")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    p = sub.add_parser("export", help="write a network as a sparse safetensors file (kept weights only)",
+                       description="Write the network (--weights) of one run as a sparse safetensors file: "
+                                   "each masked tensor as its kept values plus their positions (a bitmap or "
+                                   "int32 indices, whichever is smaller), everything else dense; the format is "
+                                   "described in README.md (`lottery_ticket.export`). It loads back bitwise "
+                                   "(pruned weights as +0.0) with lottery_ticket.export.load_sparse.")
+    _add_network_flags(p, levels=False)
+    p.add_argument("--output", required=True, metavar="FILE", help="the sparse file to write (.safetensors)")
+
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("presets", help="list the presets and their hyperparameters")
     return parser
+
+
+def _add_network_flags(parser: argparse.ArgumentParser, levels: bool) -> None:
+    """Which saved network(s) of an experiment: `lth activations` (several) and `lth export` (one)."""
+    parser.add_argument("--experiment", required=True, help="a directory written by `lth lottery`")
+    if levels:
+        parser.add_argument("--trials", default="0", help="trials, e.g. 0 or 0-2 (default: 0)")
+        parser.add_argument("--levels", default="0", help="levels, e.g. 0-5 or 1,3,7 (default: 0)")
+    else:
+        parser.add_argument("--trial", type=int, default=0, help="the trial (default: 0)")
+        parser.add_argument("--level", type=int, default=0, help="the level (default: 0)")
+    parser.add_argument("--run", default=layout.TICKET,
+                        help=f"the run: {layout.TICKET} (the ticket; default) or a control or branch run such as "
+                             f"{layout.run_name('reinit', 0)}")
+    parser.add_argument("--weights", default="final", choices=tuple(layout.NETWORKS),
+                        help="the run's initial weights (masks applied), its weights at --rewind-iteration "
+                             "(rewind), or its trained weights (final; default)")
 
 
 def _add_branch_flags(parser: argparse.ArgumentParser) -> None:
@@ -274,7 +324,7 @@ def _add_branch_flags(parser: argparse.ArgumentParser) -> None:
     _add_run_flags(parser, parallel=True)
 
 
-def parse_levels(text: str) -> list[int]:
+def parse_levels(text: str, flag: str = "--levels", maximum: int = MAX_COUNT) -> list[int]:
     """`0-5` or `1,3,7` (or both, `0-2,5`) as a sorted list; bounds are checked before a range is built."""
     levels: set[int] = set()
     try:
@@ -286,14 +336,14 @@ def parse_levels(text: str) -> list[int]:
             else:
                 continue
             if a > b:
-                raise LotteryError(f"--levels range {part.strip()} ends before it starts; got {text!r}")
-            if b > MAX_COUNT:
-                raise LotteryError(f"--levels must name levels in [0, {MAX_COUNT}]; got {text!r}")
+                raise LotteryError(f"{flag} range {part.strip()} ends before it starts; got {text!r}")
+            if b > maximum:
+                raise LotteryError(f"{flag} must name numbers in [0, {maximum}]; got {text!r}")
             levels.update(range(a, b + 1))
     except ValueError:
-        raise LotteryError(f"--levels must look like 0-5 or 1,3,7; got {text!r}") from None
+        raise LotteryError(f"{flag} must look like 0-5 or 1,3,7; got {text!r}") from None
     if not levels or min(levels) < 0:
-        raise LotteryError(f"--levels must name levels >= 0; got {text!r}")
+        raise LotteryError(f"{flag} must name numbers >= 0; got {text!r}")
     return sorted(levels)
 
 
@@ -666,6 +716,50 @@ def _report(experiment: str, quiet: bool, errorbars: str = "minmax") -> None:
         print(f"report: {written['html']}")
 
 
+def _examples(text: str) -> list[int] | None:
+    """--examples: the first N, all (None), or a list of indices such as 0-99,512."""
+    if text == "all":
+        return None
+    if text.isdigit():
+        if int(text) < 1:
+            raise LotteryError("--examples must be at least 1")
+        return list(range(int(text)))
+    return parse_levels(text, "--examples", maximum=INT_MAX)
+
+
+def cmd_activations(args) -> None:
+    from lottery_ticket.analysis.activations import Request, extract
+
+    request = Request(
+        experiment=args.experiment, trials=parse_levels(args.trials, "--trials"), levels=parse_levels(args.levels),
+        run=args.run, weights=args.weights, split=args.split, examples=_examples(args.examples),
+        layers=[name.strip() for name in args.layers.split(",") if name.strip()] if args.layers else None,
+        out_dir=args.output_dir, data_root=args.data_root, download=args.download, quiet=args.quiet)
+    if args.list_layers:
+        from lottery_ticket.activations import layer_names
+        from lottery_ticket.analysis.efficiency import experiment_model
+
+        model, input_shape = experiment_model(args.experiment)
+        print("\n".join(layer_names(model, input_shape)))
+        return
+    table = extract(request)
+    if not args.quiet:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(f"activations: {request.output_dir()}")
+
+
+def cmd_export(args) -> None:
+    from lottery_ticket.analysis.masks import remaining_percent
+    from lottery_ticket.export import dense_bytes, save_sparse
+    from lottery_ticket.layout.files import read_network
+
+    run, state, masks = read_network(args.experiment, args.trial, args.level, args.run, args.weights)
+    size = save_sparse(args.output, state, masks)
+    dense = len(dense_bytes(state))
+    print(f"{args.output}: {size:,} bytes, {run}/{layout.NETWORKS[args.weights]} at Pm "
+          f"{remaining_percent(masks)['pm']:.2f}% ({dense:,} bytes dense: {size / dense:.3f} of it)")
+
+
 def cmd_models(args) -> None:
     """The prunable count is what the model's paper preset prunes: its --never-prune tensors
     (e.g. Resnet-18's fc layer and 1x1 shortcuts) are left out, as the paper counts them."""
@@ -694,6 +788,7 @@ def cmd_presets(args) -> None:
 COMMANDS = {
     "train": cmd_train, "lottery": cmd_lottery, "reinit": cmd_reinit, "branch": cmd_branch, "sweep": cmd_sweep,
     "report": lambda a: _report(a.experiment, False, a.errorbars), "models": cmd_models, "presets": cmd_presets,
+    "activations": cmd_activations, "export": cmd_export,
 }
 
 

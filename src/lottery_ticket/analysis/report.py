@@ -28,11 +28,11 @@ from pathlib import Path
 import pandas as pd
 
 from lottery_ticket import layout
+from lottery_ticket.analysis.analytics import report_sections, with_range
 from lottery_ticket.analysis.plots import Plot, make_plots
 from lottery_ticket.analysis.table import (
     aggregate,
     control_label,
-    format_mean_std,
     format_pm,
     load_metrics,
     load_results,
@@ -178,22 +178,18 @@ def _status_note(status: dict, include_incomplete: bool, experiment_dir: Path) -
 
 
 def aggregate_rows(agg: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the aggregated table (mean ± std over trials)."""
+    """Header and cells of the aggregated table: mean [min, max] over the runs of each point."""
     header = ["level", "run kind", "Pm %", "trials", "runs", "ES iteration", "val loss @ES",
               "test acc @ES %", "final test acc %", "best test acc %", "final train acc %"]
+    columns = (("early_stop_iteration", 0, 1.0), ("early_stop_val_loss", 4, 1.0),
+               ("early_stop_test_accuracy", 2, 100.0), ("final_test_accuracy", 2, 100.0),
+               ("best_test_accuracy", 2, 100.0), ("final_train_accuracy", 2, 100.0))
     rows = []
-    for r in agg.itertuples(index=False):
-        rows.append([
-            str(r.level), control_label(r.control), format_pm(r.pm), str(r.trials), str(r.runs),
-            format_mean_std(r.early_stop_iteration_mean, r.early_stop_iteration_std, digits=0),
-            format_mean_std(r.early_stop_val_loss_mean, r.early_stop_val_loss_std, digits=4),
-            format_mean_std(r.early_stop_test_accuracy_mean, r.early_stop_test_accuracy_std,
-                            scale=100.0),
-            format_mean_std(r.final_test_accuracy_mean, r.final_test_accuracy_std, scale=100.0),
-            format_mean_std(r.best_test_accuracy_mean, r.best_test_accuracy_std, scale=100.0),
-            format_mean_std(r.final_train_accuracy_mean, r.final_train_accuracy_std,
-                            scale=100.0),
-        ])
+    for r in agg.to_dict("records"):
+        rows.append([str(r["level"]), control_label(r["control"]), format_pm(r["pm"]), str(r["trials"]),
+                     str(r["runs"])]
+                    + [with_range(r[f"{m}_mean"], r[f"{m}_min"], r[f"{m}_max"], digits, scale)
+                       for m, digits, scale in columns])
     return header, rows
 
 
@@ -251,6 +247,13 @@ def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def _html_figure(plot: Plot, rel) -> str:
+    return (f'<figure><h3>{_e(plot.title)}</h3>'
+            f'<img src="{_png_data_uri(plot.png)}" alt="{_e(plot.title)}"{_img_width(plot.png)}>'
+            f"<figcaption>{_e(plot.caption)} "
+            f'<span class="muted">(files: {_e(rel(plot.png))}, {_e(rel(plot.svg))})</span></figcaption></figure>')
+
+
 def _render_html(ctx: dict) -> str:
     parts = [
         "<!DOCTYPE html>",
@@ -274,13 +277,7 @@ def _render_html(ctx: dict) -> str:
     if not ctx["plots"]:
         parts.append("<p>No figures yet: no run has finished with metrics.</p>")
     for plot in ctx["plots"]:
-        parts.append(
-            f'<figure><h3>{_e(plot.title)}</h3>'
-            f'<img src="{_png_data_uri(plot.png)}" alt="{_e(plot.title)}"{_img_width(plot.png)}>'
-            f"<figcaption>{_e(plot.caption)} "
-            f'<span class="muted">(files: {_e(ctx["rel"](plot.png))}, '
-            f'{_e(ctx["rel"](plot.svg))})</span></figcaption></figure>'
-        )
+        parts.append(_html_figure(plot, ctx["rel"]))
 
     parts.append("<h2>Aggregated results</h2>")
     parts.append(f'<p class="muted">{_e(ctx["aggregate_note"])}</p>')
@@ -289,6 +286,15 @@ def _render_html(ctx: dict) -> str:
                                  group_by=0))
     else:
         parts.append("<p>No results yet.</p>")
+
+    for section in ctx["sections"]:
+        parts.append(f"<h2>{_e(section.title)}</h2>")
+        parts.append(f'<p class="muted">{_e(section.note)}</p>')
+        if section.rows:
+            parts.append(_html_table(section.header, section.rows, left=(0, 1) if "run kind" in section.header
+                                     else (0,), group_by=0))
+        for plot in section.plots:
+            parts.append(_html_figure(plot, ctx["rel"]))
 
     parts.append("<h2>Hyperparameters</h2>")
     if ctx["hparam_source"]:
@@ -334,6 +340,11 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _md_figure(plot: Plot, rel) -> list[str]:
+    return [f"### {plot.title}", "", f"![{plot.title}]({rel(plot.png)})", "",
+            f"{plot.caption} (vector version: [{rel(plot.svg)}]({rel(plot.svg)}))", ""]
+
+
 def _render_markdown(ctx: dict) -> str:
     out = [f"# {ctx['title']}", "", ctx["subtitle"], ""]
     if ctx["note"]:
@@ -345,13 +356,16 @@ def _render_markdown(ctx: dict) -> str:
     if not ctx["plots"]:
         out += ["No figures yet: no run has finished with metrics.", ""]
     for plot in ctx["plots"]:
-        out += [f"### {plot.title}", "",
-                f"![{plot.title}]({ctx['rel'](plot.png)})", "",
-                f"{plot.caption} (vector version: [{ctx['rel'](plot.svg)}]"
-                f"({ctx['rel'](plot.svg)}))", ""]
+        out += _md_figure(plot, ctx["rel"])
     out += ["## Aggregated results", "", ctx["aggregate_note"], ""]
     out += [_md_table(ctx["aggregate_header"], ctx["aggregate_rows"])
             if ctx["aggregate_rows"] else "No results yet.", ""]
+    for section in ctx["sections"]:
+        out += [f"## {section.title}", "", section.note, ""]
+        if section.rows:
+            out += [_md_table(section.header, section.rows), ""]
+        for plot in section.plots:
+            out += _md_figure(plot, ctx["rel"])
     out += ["## Hyperparameters", ""]
     if ctx["hparam_source"]:
         out += [f"From `{ctx['hparam_source']}`.", ""]
@@ -406,6 +420,7 @@ def write_report(
     portable = results.assign(path=[os.path.relpath(p, root) for p in results["path"]])
     results_csv = write_csv(portable, out / layout.RESULTS_CSV)
     aggregate_csv = write_csv(agg, out / layout.AGGREGATE_CSV)
+    sections, analytics_files = report_sections(root, used, agg, out)
 
     info = experiment_info(root, results)
     status = _status(results)
@@ -430,14 +445,17 @@ def write_report(
                          f"{trials_text(agg)}, for the winning ticket and each control; Pm is the percent of prunable weights remaining."),
         "summary_header": summary_header,
         "summary_rows": summary_body,
-        "aggregate_note": (f"Mean ± sample standard deviation over trials per level and run "
-                           f"kind; 'runs' counts the runs each point averages (control runs of "
-                           f"all trials pooled) (ES = early stopping, {stop_on}; best test accuracy is an oracle "
+        "aggregate_note": (f"Mean [minimum, maximum] over the runs of each level and run kind "
+                           f"('trials' counts the trials, 'runs' the runs each point averages: control runs of "
+                           f"all trials pooled; the range is left out where all runs agree; 95% intervals "
+                           f"below) (ES = early stopping, {stop_on}; best test accuracy is an oracle "
                            f"shown for comparison only). Error bars in the figures show "
-                           f"{bars}. Per-run values are in {rel(results_csv)}."),
+                           f"{bars}. Per-run values are in {rel(results_csv)}; standard deviations and "
+                           f"intervals in {rel(aggregate_csv)}."),
         "aggregate_header": aggregate_header,
         "aggregate_rows": aggregate_body,
         "plots": plots,
+        "sections": sections,
         "hparams": _hparam_sections(info["hparams"]) if isinstance(info["hparams"], dict)
         else [],
         "hparam_source": info["source"],
@@ -460,7 +478,8 @@ def write_report(
         "aggregate_csv": aggregate_csv,
         "plots_dir": plots_dir,
     }
-    for plot in plots:
+    paths.update(analytics_files)
+    for plot in [*plots, *(p for section in sections for p in section.plots)]:
         paths[f"{plot.name}.png"] = plot.png
         paths[f"{plot.name}.svg"] = plot.svg
     return paths

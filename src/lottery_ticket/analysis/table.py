@@ -31,6 +31,7 @@ from lottery_ticket.analysis.early_stopping import (
     early_stopping,
     read_metrics,
 )
+from lottery_ticket.analysis.stats import spread
 from lottery_ticket.layout import RunDir, find_runs  # noqa: F401  (re-exported: the layout owns them)
 from lottery_ticket.layout import kind_sort_key as control_sort_key
 from lottery_ticket.layout import run_kind as parse_run_name  # noqa: F401  (re-exported)
@@ -57,30 +58,25 @@ BASE_COLUMNS = (
     "path",
 )
 
+SPREAD_COLUMNS = ("mean", "std", "min", "max", "count", "ci_low", "ci_high")
+"""The columns :func:`aggregate` gives each metric (``<metric>_<column>``)."""
+SPREAD_FIELDS = {"count": "n"}  # column -> `stats.Spread` field, where they differ
+
+
 def mask_density(masks_path: str | Path) -> dict[str, float]:
     """Percent of weights remaining from a ``masks.safetensors`` file.
 
     Returns ``{"pm": overall, "pm_<tensor name>": per tensor, ...}`` where overall counts all
     tensors together (100 * ones / size).  A missing or unreadable file gives ``{}``.
     """
+    from lottery_ticket.analysis.masks import remaining_percent
     from lottery_ticket.store import load_tensors
 
     try:
         masks = load_tensors(masks_path)
     except Exception:  # missing, truncated or not a safetensors file: treat as absent
         return {}
-    result: dict[str, float] = {}
-    ones_total = 0
-    size_total = 0
-    for name in sorted(masks):
-        tensor = masks[name]
-        ones = int((tensor != 0).sum().item())
-        size = int(tensor.numel())
-        ones_total += ones
-        size_total += size
-        result[f"pm_{name}"] = 100.0 * ones / size if size else math.nan
-    result["pm"] = 100.0 * ones_total / size_total if size_total else math.nan
-    return result
+    return remaining_percent(masks)
 
 
 def run_row(run: RunDir) -> dict:
@@ -196,7 +192,7 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     layer_columns = [c for c in df.columns if c.startswith("pm_")]
     out_columns = ["level", "control", "runs", "trials", "complete", "pm", "pm_std"]
     for metric in METRICS:
-        out_columns += [f"{metric}_{s}" for s in ("mean", "std", "min", "max", "count")]
+        out_columns += [f"{metric}_{s}" for s in SPREAD_COLUMNS]
     out_columns += layer_columns
     if df.empty:
         return pd.DataFrame(columns=out_columns)
@@ -213,12 +209,8 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
             "pm_std": _std(group["pm"]),
         }
         for metric in METRICS:
-            values = group[metric] if metric in group else pd.Series([], dtype=float)
-            record[f"{metric}_mean"] = _mean(values)
-            record[f"{metric}_std"] = _std(values)
-            record[f"{metric}_min"] = float(values.min()) if values.notna().any() else math.nan
-            record[f"{metric}_max"] = float(values.max()) if values.notna().any() else math.nan
-            record[f"{metric}_count"] = int(values.notna().sum())
+            values = spread(group[metric] if metric in group else ())
+            record.update({f"{metric}_{s}": getattr(values, SPREAD_FIELDS.get(s, s)) for s in SPREAD_COLUMNS})
         for column in layer_columns:
             record[column] = _mean(group[column])
         records.append(record)

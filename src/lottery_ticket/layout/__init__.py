@@ -27,6 +27,8 @@ INITIAL = "initial.safetensors"
 FINAL = "final.safetensors"
 REWIND = "rewind.safetensors"
 COMPLETE = "COMPLETE"
+# A run's networks by the name `lth activations --weights` and `lth export --weights` give them.
+NETWORKS = {"initial": INITIAL, "rewind": REWIND, "final": FINAL}
 CHECKPOINT = "checkpoint"
 CHECKPOINT_FILE = "state.safetensors"  # the one file of a checkpoint directory (see `checkpoint`)
 TENSORBOARD = "tensorboard"
@@ -43,6 +45,14 @@ AGGREGATE_CSV = "aggregate.csv"
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 PLOTS = "plots"
+PAIRED_CSV = "paired.csv"  # ticket vs control, paired by trial
+LAYERS_CSV = "layers.csv"  # weights remaining per layer
+OVERLAP_CSV = "overlap.csv"  # Jaccard overlap of masks
+EFFICIENCY_CSV = "efficiency.csv"  # parameters, FLOPs, export size per level
+
+# What `lth activations` writes (default: into <experiment>/activations/).
+ACTIVATIONS = "activations"
+ACTIVATIONS_CSV = "activations.csv"
 
 _TRIAL = "trial_"
 _LEVEL = "level_"
@@ -66,6 +76,12 @@ def run_name(control: str = TICKET, run_index: int = 0) -> str:
 
 def run_dir(experiment: str | Path, trial: int, level: int, control: str = TICKET, run_index: int = 0) -> Path:
     return level_dir(experiment, trial, level) / run_name(control, run_index)
+
+
+def activations_file(out_dir: str | Path, trial: int, level: int, run: str, weights: str, split: str) -> Path:
+    """The activations of one network on one split (`lth activations`), in its output directory:
+    `trial_<t>_level_<k>_<run>_<weights>_<split>.safetensors`."""
+    return Path(out_dir) / f"{_TRIAL}{trial}_{_LEVEL}{level}_{run}_{weights}_{split}.safetensors"
 
 
 def parse_run_name(name: str) -> tuple[str, int] | None:

@@ -200,6 +200,23 @@ def read_run_tensors(run: str | Path, name: str, verify: bool = True) -> dict[st
     return load_tensors(Path(run) / name)
 
 
+def read_network(exp_dir: str | Path, trial: int, level: int, run: str, weights: str) -> tuple[Path, dict, dict]:
+    """(run directory, state dict, masks) of one saved network of an experiment: `weights` one of
+    layout.NETWORKS ("initial", "rewind", "final") of run `run` ("main", "reinit_0", ...) at
+    (trial, level); each file checked against its digest. What is missing is one LotteryError."""
+    kind, index = layout.run_kind(run)
+    path = layout.run_dir(exp_dir, trial, level, kind, index)
+    if not path.is_dir():
+        raise LotteryError(f"no run {path} (give --trial, --level and --run of an existing run)")
+    name = layout.NETWORKS.get(weights)
+    if name is None:
+        raise LotteryError(f"--weights must be one of {', '.join(layout.NETWORKS)}, got {weights!r}")
+    if not (path / name).is_file():
+        why = " (only runs with --rewind-iteration have one)" if weights == "rewind" else ""
+        raise LotteryError(f"{path} has no {name}{why}")
+    return path, read_run_tensors(path, name), read_run_tensors(path, layout.MASKS)
+
+
 def load_result(out: str | Path) -> TrainResult:
     """The result of a complete run, read back from its files, each checked against the digest
     COMPLETE recorded (runs completed before digests were recorded are read unchecked)."""
