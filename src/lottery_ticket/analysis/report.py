@@ -282,6 +282,17 @@ def _render_html(ctx: dict) -> str:
             f'{_e(ctx["rel"](plot.svg))})</span></figcaption></figure>'
         )
 
+    for section in ctx["sections"]:  # the branches' own sections (lottery_ticket.branches)
+        parts.append(f"<h2>{_e(section.title)}</h2>")
+        parts.append(f'<p class="muted">{_e(section.note)}</p>')
+        parts.append(_html_table(section.header, section.rows, left=(0,)))
+        for plot in section.plots:
+            parts.append(
+                f'<figure><h3>{_e(plot.title)}</h3>'
+                f'<img src="{_png_data_uri(plot.png)}" alt="{_e(plot.title)}"{_img_width(plot.png)}>'
+                f"<figcaption>{_e(plot.caption)}</figcaption></figure>"
+            )
+
     parts.append("<h2>Aggregated results</h2>")
     parts.append(f'<p class="muted">{_e(ctx["aggregate_note"])}</p>')
     if ctx["aggregate_rows"]:
@@ -349,6 +360,10 @@ def _render_markdown(ctx: dict) -> str:
                 f"![{plot.title}]({ctx['rel'](plot.png)})", "",
                 f"{plot.caption} (vector version: [{ctx['rel'](plot.svg)}]"
                 f"({ctx['rel'](plot.svg)}))", ""]
+    for section in ctx["sections"]:
+        out += [f"## {section.title}", "", section.note, "", _md_table(section.header, section.rows), ""]
+        for plot in section.plots:
+            out += [f"### {plot.title}", "", f"![{plot.title}]({ctx['rel'](plot.png)})", "", plot.caption, ""]
     out += ["## Aggregated results", "", ctx["aggregate_note"], ""]
     out += [_md_table(ctx["aggregate_header"], ctx["aggregate_rows"])
             if ctx["aggregate_rows"] else "No results yet.", ""]
@@ -403,6 +418,9 @@ def write_report(
     metrics = load_metrics(root, controls=(layout.TICKET,), complete_only=not include_incomplete)
     plots: list[Plot] = make_plots(agg, metrics, plots_dir, levels=levels, errorbars=errorbars)
 
+    from lottery_ticket.branches import report_sections
+
+    sections = report_sections(root, plots_dir)
     portable = results.assign(path=[os.path.relpath(p, root) for p in results["path"]])
     results_csv = write_csv(portable, out / layout.RESULTS_CSV)
     aggregate_csv = write_csv(agg, out / layout.AGGREGATE_CSV)
@@ -438,6 +456,7 @@ def write_report(
         "aggregate_header": aggregate_header,
         "aggregate_rows": aggregate_body,
         "plots": plots,
+        "sections": sections,
         "hparams": _hparam_sections(info["hparams"]) if isinstance(info["hparams"], dict)
         else [],
         "hparam_source": info["source"],
@@ -460,7 +479,7 @@ def write_report(
         "aggregate_csv": aggregate_csv,
         "plots_dir": plots_dir,
     }
-    for plot in plots:
+    for plot in plots + [p for section in sections for p in section.plots]:
         paths[f"{plot.name}.png"] = plot.png
         paths[f"{plot.name}.svg"] = plot.svg
     return paths
