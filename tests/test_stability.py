@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +25,8 @@ from lottery_ticket.branches.instability import (
 from lottery_ticket.branches.retraining import retraining_schedule
 from lottery_ticket.branches.ticket import ticket_training
 from lottery_ticket.checkpoint import load_checkpoint
+from lottery_ticket.data.datasets import MIRRORS, read_idx_dataset
+from lottery_ticket.data.registry import DATASETS, register_dataset
 from lottery_ticket.hparams import preset_hparams
 from lottery_ticket.loop import learning_rate
 from lottery_ticket.masking import mask_optimizer_state
@@ -34,13 +37,24 @@ from lottery_ticket.trainer import make_optimizer, train
 
 RUN = ["--quiet", "--threads", "1", "--workers", "1"]
 T = 100  # the lottery's iterations
+SMALL = "mnist_stability"  # 2,000 MNIST training and 1,000 test images: quick full-split evaluations
+# `lth` in a subprocess that knows the small dataset (registered by importing this module)
+CLI = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_stability; "
+       "from lottery_ticket.cli import main; sys.exit(main(sys.argv[1:]))")
+
+if SMALL not in DATASETS.names():
+    @register_dataset(SMALL, input_shape=(1, 28, 28), train_size=2000, num_classes=10, mirrors=MIRRORS["mnist"])
+    def read_small(root, *, download, mirrors, quiet):
+        train_x, train_y, test_x, test_y = read_idx_dataset("mnist", root, download=download, mirrors=mirrors,
+                                                            quiet=quiet)
+        return train_x[:2000], train_y[:2000], test_x[:1000], test_y[:1000]
 
 
 @pytest.fixture(scope="module")
 def lottery(tmp_path_factory, mnist_root):
     exp = tmp_path_factory.mktemp("stability") / "lot"
-    assert lth("lottery", "--iterations", T, "--eval-every", 10, "--levels", 1, "--validation-size", 1000,
-               "--output-dir", exp, "--data-root", mnist_root, *RUN) == 0
+    assert lth("lottery", "--dataset", SMALL, "--iterations", T, "--eval-every", 10, "--levels", 1,
+               "--validation-size", 500, "--output-dir", exp, "--data-root", mnist_root, *RUN) == 0
     return exp, mnist_root
 
 
@@ -135,7 +149,7 @@ def test_replaying_the_ticket_gives_its_final_weights_bitwise(lottery):
 def test_instability_branch_files_and_report(lottery, tmp_path):
     exp = tmp_path / "exp"
     shutil.copytree(lottery[0], exp)
-    assert lth("branch", "instability", "--experiment", exp, "--levels", "0-1", "--rewind-iterations", "0,20",
+    assert lth("branch", "instability", "--experiment", exp, "--levels", "1", "--rewind-iterations", "0,20",
                "--pairs", 2, "--alphas", 3, "--data-root", lottery[1], *RUN) == 0
     out = layout.run_dir(exp, 0, 1, "instability", 0)
     assert layout.is_complete(out)
@@ -235,7 +249,7 @@ def test_sigkilled_branch_resumes_to_the_uninterrupted_results(lottery, tmp_path
     args = ["branch", branch, "--levels", "1", *flags, "--data-root", str(root), "--checkpoint-seconds", "0.01", *RUN]
     assert lth(*args, "--experiment", reference) == 0
     out = layout.run_dir(killed, 0, 1, branch, 0)
-    command = [sys.executable, "-m", "lottery_ticket.cli", *args, "--experiment", str(killed)]
+    command = [sys.executable, "-c", CLI, *args, "--experiment", str(killed)]
     _kill_when(command, lambda: (watch(out) / layout.CHECKPOINT / "state.safetensors").exists())
     assert not layout.is_complete(watch(out))
     assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0

@@ -59,7 +59,7 @@ def instability_section(experiment: Path, plots_dir: Path, kind: str) -> ReportS
     test = table[table["split"] == "test"]
     fig = _new_figure()
     ax = fig.subplots()
-    for level, group in test.groupby("level", sort=True):
+    for _, group in test.groupby("level", sort=True):
         by_k = group.groupby("k")["barrier"]
         mean, low, high = by_k.mean(), by_k.min(), by_k.max()
         ax.errorbar(mean.index, mean.values, yerr=[mean.values - low.values, high.values - mean.values],

@@ -36,8 +36,6 @@ and `b/` (run directories: final.safetensors, masks.safetensors, metrics.csv, ..
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from pathlib import Path
 
@@ -55,8 +53,6 @@ from lottery_ticket.store import read_json, write_json, write_text_atomic
 STABLE_BELOW = 2.0  # percentage points of error: the paper's threshold (Section 2)
 SPLITS = ("train", "test")
 COPIES = ("a", "b")
-TABLE_COLUMNS = ("trial", "level", "pm", "k", "pair", "split", "barrier", "stable",
-                 "error_a", "error_b", "max_error", "max_alpha")
 
 
 def parse_iterations(text: str, flag: str) -> list[int]:
@@ -124,6 +120,7 @@ def curve(ticket: TicketTraining, a: dict, b: dict, masks: dict, count: int, dev
     result = {split: {"loss": [], "error": []} for split in SPLITS}
     with threads(eval_threads):
         for alpha in alphas(count):
+            procs.check_stop()  # (SIGINT/SIGTERM: nothing of this pair is written; it is redone)
             model.load_state_dict(interpolate(a, b, alpha))
             apply_masks(model, masks)  # (0 in both endpoints already: kept 0 along the path)
             if norm:
@@ -135,12 +132,17 @@ def curve(ticket: TicketTraining, a: dict, b: dict, masks: dict, count: int, dev
     return result
 
 
-def _table_csv(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else list(TABLE_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+def merge_table(path: Path, rows: list[dict], keys: list[str]) -> None:
+    """Write `rows` to the CSV table `path`, keeping the rows of earlier invocations whose `keys`
+    differ (a later sweep adds to a branch run; the same point measured again replaces its row)."""
+    import pandas as pd
+
+    new = pd.DataFrame(rows)
+    if path.is_file():
+        old = pd.read_csv(path)
+        keep = ~old.set_index(keys).index.isin(new.set_index(keys).index)
+        new = pd.concat([old[keep], new], ignore_index=True)
+    write_text_atomic(path, new.sort_values(keys, kind="stable").to_csv(index=False))
 
 
 @register_branch("instability")
@@ -192,15 +194,14 @@ class Instability(Branch):
         ks = parse_iterations(job.option("rewind_iterations"), "--rewind-iterations")
         pairs, count = job.option("pairs"), job.option("alphas")
         ticket = ticket_training(job.experiment, job.trial, job.level, ctx)
+        # (each pair records what it ran; this record names the run, so later k and pairs add to it)
         record = run_record(ticket.hp, {"trial": job.trial, "level": job.level, "control": self.kind,
-                                        "run_index": job.run_index, "rewind_iterations": ks, "pairs": pairs,
-                                        "alphas": count})
+                                        "run_index": job.run_index})
         check_same_run(out, record)
-        if layout.is_complete(out):
-            return
         procs.check_stop()
         with RunLock(out):
-            start_branch_run(out, record, ticket.masks)
+            if not (out / layout.RUN_FILE).is_file():
+                start_branch_run(out, record, ticket.masks)
             rows = []
             for k in ks:
                 for pair in range(pairs):
@@ -209,7 +210,7 @@ class Instability(Branch):
                     if not ctx.quiet:
                         print(f"{out}: k={k} pair {pair}: test barrier {result['barrier']:.2f} "
                               f"(train {result['train_barrier']:.2f})", file=sys.stderr, flush=True)
-            write_text_atomic(out / layout.INSTABILITY_TABLE, _table_csv(rows))
+            merge_table(out / layout.INSTABILITY_TABLE, rows, ["k", "pair", "split"])
             finish_branch_run(out, ticket.total)
 
     def pair(self, ticket: TicketTraining, k: int, pair: int, out: Path, count: int, ctx) -> dict:
@@ -223,7 +224,11 @@ class Instability(Branch):
         where = layout.pair_dir(out, k, pair)
         result_file = where / layout.INSTABILITY_RESULT
         if result_file.is_file():
-            return read_json(result_file)
+            record = read_json(result_file)
+            if len(record["alphas"]) != count:
+                raise LotteryError(f"{result_file} has {len(record['alphas'])} alphas, not --alphas {count}; "
+                                   f"give --alphas {len(record['alphas'])}, or delete {where} to redo it")
+            return record
         weights, _ = replay(ticket, k, layout.replay_dir(layout.rewind_point_dir(out, k), k), ctx)
         finals = {}
         for copy in COPIES:

@@ -41,11 +41,9 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-import pandas as pd
-
 from lottery_ticket import layout, procs
 from lottery_ticket.branches import Branch, BranchJob, ReportSection, register_branch
-from lottery_ticket.branches.instability import parse_iterations
+from lottery_ticket.branches.instability import merge_table, parse_iterations
 from lottery_ticket.branches.ticket import TicketTraining, replay, ticket_training
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams
@@ -53,7 +51,6 @@ from lottery_ticket.lock import RunLock
 from lottery_ticket.loop import lr_schedule
 from lottery_ticket.masking import density
 from lottery_ticket.seeds import derive_seed
-from lottery_ticket.store import write_text_atomic
 
 METHODS = ("finetune", "weight_rewinding", "lr_rewinding")
 TABLE_KEYS = ["schedule", "method", "t", "cycle"]
@@ -120,7 +117,12 @@ class Retraining(Branch):
                                    f"training iterations; got {ts[-1]}")
 
     def run(self, job: BranchJob, ctx) -> None:
-        from lottery_ticket.layout.files import check_same_run, finish_branch_run, run_record, start_branch_run
+        from lottery_ticket.layout.files import (
+            check_same_run,
+            finish_branch_run,
+            run_record,
+            start_branch_run,
+        )
 
         out = layout.run_dir(job.experiment, job.trial, job.level, self.kind, job.run_index)
         ticket = ticket_training(job.experiment, job.trial, job.level, ctx)
@@ -140,13 +142,7 @@ class Retraining(Branch):
             for method in methods:
                 for t in ts:
                     rows += self.sweep_point(ticket, out, method, t, steps, one_shot, ctx)
-            table = out / layout.RETRAINING_TABLE
-            new = pd.DataFrame(rows)
-            if table.is_file():  # earlier sweeps' rows stay, this invocation's replace theirs
-                old = pd.read_csv(table)
-                keep = ~old.set_index(TABLE_KEYS).index.isin(new.set_index(TABLE_KEYS).index)
-                new = pd.concat([old[keep], new], ignore_index=True)
-            write_text_atomic(table, new.sort_values(TABLE_KEYS, kind="stable").to_csv(index=False))
+            merge_table(out / layout.RETRAINING_TABLE, rows, TABLE_KEYS)
             finish_branch_run(out, ticket.total)
 
     def sweep_point(self, ticket: TicketTraining, out, method: str, t: int, steps: int, one_shot: bool,
