@@ -429,7 +429,7 @@ def _run_branch(args, name: str) -> None:
     else:
         workers, threads = _workers(args, len(jobs), hp.model.model)
         run_jobs(run_branch, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
-                 runs=len(jobs), what=f"{name} runs")
+                 runs=len(jobs) if branch.one_run_per_job else None, what=f"{name} runs")
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 

@@ -40,7 +40,13 @@ from lottery_ticket.loop import (  # noqa: F401 -- re-exported: the single-run A
     learning_rate,
     threads,
 )
-from lottery_ticket.masking import Masks, gradient_mask_pairs, mask_gradients, mask_optimizer_state, prepare_masks
+from lottery_ticket.masking import (
+    Masks,
+    gradient_mask_pairs,
+    mask_gradients,
+    mask_optimizer_state,
+    prepare_masks,
+)
 from lottery_ticket.store import load_tensors, state_dict_copy
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]

@@ -71,6 +71,7 @@ class Branch:
     description: ClassVar[str] = ""  # one line: `lth branch --help` lists it
     batched: ClassVar[bool] = False  # whether `run_batched` exists (`--batched`)
     control: ClassVar[bool] = False  # offered by `lth reinit --control` (a control of the ticket)
+    one_run_per_job: ClassVar[bool] = True  # False: a job trains several runs (the progress view shows no total)
 
     @classmethod
     def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:

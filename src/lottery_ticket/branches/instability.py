@@ -42,10 +42,9 @@ from pathlib import Path
 import torch
 
 from lottery_ticket import layout, procs
-from lottery_ticket.branches import Branch, BranchJob, ReportSection, register_branch
-from lottery_ticket.branches.ticket import TicketTraining, replay, ticket_training
+from lottery_ticket.branches import BranchJob, ReportSection, register_branch
+from lottery_ticket.branches.ticket import MeasuringBranch, TicketTraining, replay
 from lottery_ticket.errors import LotteryError
-from lottery_ticket.lock import RunLock
 from lottery_ticket.masking import apply_masks, density
 from lottery_ticket.seeds import derive_seed
 from lottery_ticket.store import read_json, write_json, write_text_atomic
@@ -132,21 +131,10 @@ def curve(ticket: TicketTraining, a: dict, b: dict, masks: dict, count: int, dev
     return result
 
 
-def merge_table(path: Path, rows: list[dict], keys: list[str]) -> None:
-    """Write `rows` to the CSV table `path`, keeping the rows of earlier invocations whose `keys`
-    differ (a later sweep adds to a branch run; the same point measured again replaces its row)."""
-    import pandas as pd
-
-    new = pd.DataFrame(rows)
-    if path.is_file():
-        old = pd.read_csv(path)
-        keep = ~old.set_index(keys).index.isin(new.set_index(keys).index)
-        new = pd.concat([old[keep], new], ignore_index=True)
-    write_text_atomic(path, new.sort_values(keys, kind="stable").to_csv(index=False))
-
-
 @register_branch("instability")
-class Instability(Branch):
+class Instability(MeasuringBranch):
+    table = layout.INSTABILITY_TABLE
+    table_keys = ["k", "pair", "split"]
     description = ("linear mode connectivity: train two copies from iteration k, the error barrier on the "
                    "path between them (Frankle et al., ICML 2020)")
 
@@ -182,36 +170,17 @@ class Instability(Branch):
             raise LotteryError(f"levels > 0 start training at --rewind-iteration {start}; "
                                f"--rewind-iterations must be >= {start} for them, got {ks[0]}")
 
-    def run(self, job: BranchJob, ctx) -> None:
-        from lottery_ticket.layout.files import (
-            check_same_run,
-            finish_branch_run,
-            run_record,
-            start_branch_run,
-        )
-
-        out = layout.run_dir(job.experiment, job.trial, job.level, self.kind, job.run_index)
+    def measure(self, ticket: TicketTraining, out: Path, job: BranchJob, ctx) -> list[dict]:
         ks = parse_iterations(job.option("rewind_iterations"), "--rewind-iterations")
-        pairs, count = job.option("pairs"), job.option("alphas")
-        ticket = ticket_training(job.experiment, job.trial, job.level, ctx)
-        # (each pair records what it ran; this record names the run, so later k and pairs add to it)
-        record = run_record(ticket.hp, {"trial": job.trial, "level": job.level, "control": self.kind,
-                                        "run_index": job.run_index})
-        check_same_run(out, record)
-        procs.check_stop()
-        with RunLock(out):
-            if not (out / layout.RUN_FILE).is_file():
-                start_branch_run(out, record, ticket.masks)
-            rows = []
-            for k in ks:
-                for pair in range(pairs):
-                    result = self.pair(ticket, k, pair, out, count, ctx)
-                    rows += table_rows(ticket, result)
-                    if not ctx.quiet:
-                        print(f"{out}: k={k} pair {pair}: test barrier {result['barrier']:.2f} "
-                              f"(train {result['train_barrier']:.2f})", file=sys.stderr, flush=True)
-            merge_table(out / layout.INSTABILITY_TABLE, rows, ["k", "pair", "split"])
-            finish_branch_run(out, ticket.total)
+        rows = []
+        for k in ks:
+            for pair in range(job.option("pairs")):
+                result = self.pair(ticket, k, pair, out, job.option("alphas"), ctx)
+                rows += table_rows(ticket, result)
+                if not ctx.quiet:
+                    print(f"{out}: k={k} pair {pair}: test barrier {result['barrier']:.2f} "
+                          f"(train {result['train_barrier']:.2f})", file=sys.stderr, flush=True)
+        return rows
 
     def pair(self, ticket: TicketTraining, k: int, pair: int, out: Path, count: int, ctx) -> dict:
         """One pair of copies from W_k, trained (or resumed) and interpolated; the result record."""

@@ -41,13 +41,12 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from lottery_ticket import layout, procs
-from lottery_ticket.branches import Branch, BranchJob, ReportSection, register_branch
-from lottery_ticket.branches.instability import merge_table, parse_iterations
-from lottery_ticket.branches.ticket import TicketTraining, replay, ticket_training
+from lottery_ticket import layout
+from lottery_ticket.branches import BranchJob, ReportSection, register_branch
+from lottery_ticket.branches.instability import parse_iterations
+from lottery_ticket.branches.ticket import MeasuringBranch, TicketTraining, replay
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams
-from lottery_ticket.lock import RunLock
 from lottery_ticket.loop import lr_schedule
 from lottery_ticket.masking import density
 from lottery_ticket.seeds import derive_seed
@@ -80,7 +79,9 @@ def parse_methods(text: str) -> list[str]:
 
 
 @register_branch("retraining")
-class Retraining(Branch):
+class Retraining(MeasuringBranch):
+    table = layout.RETRAINING_TABLE
+    table_keys = TABLE_KEYS
     description = ("prune the ticket's final weights and retrain t iterations: fine-tuning, weight rewinding "
                    "or learning-rate rewinding (Renda et al., ICLR 2020)")
 
@@ -116,34 +117,15 @@ class Retraining(Branch):
                 raise LotteryError(f"--retrain-iterations must be at most the {hp.training.iterations} "
                                    f"training iterations; got {ts[-1]}")
 
-    def run(self, job: BranchJob, ctx) -> None:
-        from lottery_ticket.layout.files import (
-            check_same_run,
-            finish_branch_run,
-            run_record,
-            start_branch_run,
-        )
-
-        out = layout.run_dir(job.experiment, job.trial, job.level, self.kind, job.run_index)
-        ticket = ticket_training(job.experiment, job.trial, job.level, ctx)
+    def measure(self, ticket: TicketTraining, out, job: BranchJob, ctx) -> list[dict]:
         methods = parse_methods(job.option("methods"))
         text = job.option("retrain_iterations")
         ts = parse_iterations(text, "--retrain-iterations") if text is not None else [ticket.total]
-        steps, one_shot = job.option("pruning_steps"), job.option("one_shot")
-        # (the nested runs record what they ran; this record names the run, so later sweeps add to it)
-        record = run_record(ticket.hp, {"trial": job.trial, "level": job.level, "control": self.kind,
-                                        "run_index": job.run_index})
-        check_same_run(out, record)
-        procs.check_stop()
-        with RunLock(out):
-            if not (out / layout.RUN_FILE).is_file():
-                start_branch_run(out, record, ticket.masks)
-            rows = []
-            for method in methods:
-                for t in ts:
-                    rows += self.sweep_point(ticket, out, method, t, steps, one_shot, ctx)
-            merge_table(out / layout.RETRAINING_TABLE, rows, TABLE_KEYS)
-            finish_branch_run(out, ticket.total)
+        rows = []
+        for method in methods:
+            for t in ts:
+                rows += self.sweep_point(ticket, out, method, t, job.option("pruning_steps"), job.option("one_shot"), ctx)
+        return rows
 
     def sweep_point(self, ticket: TicketTraining, out, method: str, t: int, steps: int, one_shot: bool,
                     ctx) -> list[dict]:

@@ -14,6 +14,9 @@ as the lottery ran (same --device, same --no-fast choice).
 We chose replay over saving states during the lottery because the iterations wanted (every k of a
 sweep, every T - t) are chosen after the lottery ran, and a state per iteration would be far larger
 than the lottery itself.
+
+`MeasuringBranch` is what both branches share: their run directory (run.json, the ticket's masks,
+a results table merged across invocations, COMPLETE) around the measurements a subclass makes.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from pathlib import Path
 
 import torch
 
-from lottery_ticket import layout
+from lottery_ticket import layout, procs
+from lottery_ticket.branches import Branch, BranchJob
 from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint
 from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams
 from lottery_ticket.layout.files import read_experiment, read_run_record, read_run_tensors
+from lottery_ticket.lock import RunLock
 from lottery_ticket.masking import Masks
 
 
@@ -107,3 +112,53 @@ def replay(ticket: TicketTraining, iteration: int, out: Path, ctx) -> tuple[dict
     if stopped != iteration:
         raise LotteryError(f"the replay in {out} stopped at {stopped}, not {iteration}; delete it to replay again")
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, optimizer.state_dict()
+
+
+def merge_table(path: Path, rows: list[dict], keys: list[str]) -> None:
+    """Write `rows` to the CSV table `path`, keeping the rows of earlier invocations whose `keys`
+    differ (a later sweep adds to a branch run; the same point measured again replaces its row)."""
+    import pandas as pd
+
+    from lottery_ticket.store import write_text_atomic
+
+    new = pd.DataFrame(rows)
+    if path.is_file():
+        old = pd.read_csv(path)
+        keep = ~old.set_index(keys).index.isin(new.set_index(keys).index)
+        new = pd.concat([old[keep], new], ignore_index=True)
+    write_text_atomic(path, new.sort_values(keys, kind="stable").to_csv(index=False))
+
+
+class MeasuringBranch(Branch):
+    """A branch measuring a finished ticket. Its run directory holds run.json (the run's identity
+    only: each nested run records what it ran, so a later invocation with other settings adds to
+    the run), the ticket's masks (the results table's Pm), the table `table` (rows merged by
+    `table_keys` across invocations) and COMPLETE. Subclasses implement `measure`."""
+
+    table: str = ""
+    table_keys: list[str] = []
+    one_run_per_job = False
+
+    def measure(self, ticket: TicketTraining, out: Path, job: BranchJob, ctx) -> list[dict]:
+        """Make (or read back) this invocation's measurements in `out`; their table rows."""
+        raise NotImplementedError
+
+    def run(self, job: BranchJob, ctx) -> None:
+        from lottery_ticket.layout.files import (
+            check_same_run,
+            finish_branch_run,
+            run_record,
+            start_branch_run,
+        )
+
+        out = layout.run_dir(job.experiment, job.trial, job.level, self.kind, job.run_index)
+        ticket = ticket_training(job.experiment, job.trial, job.level, ctx)
+        record = run_record(ticket.hp, {"trial": job.trial, "level": job.level, "control": self.kind,
+                                        "run_index": job.run_index})
+        check_same_run(out, record)
+        procs.check_stop()
+        with RunLock(out):
+            if not (out / layout.RUN_FILE).is_file():
+                start_branch_run(out, record, ticket.masks)
+            merge_table(out / self.table, self.measure(ticket, out, job, ctx), self.table_keys)
+            finish_branch_run(out, ticket.total)
