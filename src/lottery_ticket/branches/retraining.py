@@ -106,6 +106,8 @@ class Retraining(MeasuringBranch):
             return
         job = jobs[0]
         parse_methods(job.option("methods"))
+        if any(j.run_index > 0 for j in jobs):
+            raise LotteryError("retraining is replicated by the lottery's trials: --runs must be 1")
         if not 1 <= job.option("pruning_steps") <= 100:
             raise LotteryError(f"--pruning-steps must be in [1, 100], got {job.option('pruning_steps')}")
         text = job.option("retrain_iterations")
