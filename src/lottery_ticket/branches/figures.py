@@ -113,7 +113,7 @@ def instability_section(experiment: Path, plots_dir: Path, kind: str) -> ReportS
 
 
 def retraining_section(experiment: Path, plots_dir: Path, kind: str) -> ReportSection | None:
-    from lottery_ticket.analysis.plots import Plot, _new_figure, save_figure
+    from lottery_ticket.analysis.plots import Plot, _new_figure, _setup_pm_axis, save_figure
 
     table = _tables(experiment, kind, layout.RETRAINING_TABLE)
     if table.empty:
@@ -133,9 +133,7 @@ def retraining_section(experiment: Path, plots_dir: Path, kind: str) -> ReportSe
         low, high = 100 * by_pm.min(), 100 * by_pm.max()
         ax.errorbar(mean.index, mean.values, yerr=[mean.values - low.values, high.values - mean.values],
                     marker="o", capsize=3, label=f"{method}, t={t}")
-    ax.set_xscale("log")
-    ax.invert_xaxis()
-    ax.set_xlabel("percent of weights remaining")
+    _setup_pm_axis(ax, sorted(table["pm"].unique()))
     ax.set_ylabel("final test accuracy (%)")
     ax.grid(True)
     ax.legend()
