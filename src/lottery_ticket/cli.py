@@ -569,7 +569,7 @@ def _run_branch(args, name: str) -> None:
     else:
         workers, threads, backend = _parallel(args, len(jobs), hp.model.model)
         run_jobs(run_branch, jobs, workers, threads, _with_eval_threads(ctx, workers, backend and threads),
-                 share=hp, runs=len(jobs), what=f"{name} runs", backend=backend)
+                 share=hp, runs=len(jobs) if branch.one_run_per_job else None, what=f"{name} runs", backend=backend)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
 

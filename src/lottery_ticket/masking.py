@@ -95,6 +95,17 @@ def mask_gradients(named_grads: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> 
         grad.mul_(mask)
 
 
+@torch.no_grad()
+def mask_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, masks: Masks) -> None:
+    """Zero the optimizer state (SGD momentum, Adam's moments) of every pruned weight in place:
+    state restored from a run with a larger mask (weight rewinding, Renda et al. 2020) would
+    otherwise move weights this mask prunes. With it, the invariant above holds again."""
+    for param, mask in gradient_mask_pairs(model, masks):
+        for value in optimizer.state.get(param, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                value.mul_(mask)
+
+
 def gradient_mask_pairs(model: nn.Module, masks: Masks) -> list[tuple[nn.Parameter, torch.Tensor]]:
     """(parameter, mask on the parameter's device) pairs, built once per run."""
     params = dict(model.named_parameters())

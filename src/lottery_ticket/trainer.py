@@ -41,7 +41,13 @@ from lottery_ticket.loop import (  # noqa: F401 -- re-exported: the single-run A
     learning_rate,
     threads,
 )
-from lottery_ticket.masking import Masks, gradient_mask_pairs, mask_gradients, prepare_masks
+from lottery_ticket.masking import (
+    Masks,
+    gradient_mask_pairs,
+    mask_gradients,
+    mask_optimizer_state,
+    prepare_masks,
+)
 from lottery_ticket.store import load_tensors, state_dict_copy
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -183,6 +189,7 @@ def train(
     eval_threads: int | None = None,
     background_eval: bool = False,
     callbacks: dict[str, Callable] | None = None,
+    optimizer_state: dict | None = None,
 ) -> TrainResult:
     """Train `model` (already initialized/preset) with `masks` and return its weights and metrics.
 
@@ -195,6 +202,8 @@ def train(
     evaluate a snapshot of the weights in a second thread while training goes on (same rows,
     same values; for a run that has a spare core). `callbacks` ({name: callback}, see
     `lottery_ticket.callbacks`) run at every evaluation; their rows go to `<name>.csv` in the run.
+    `optimizer_state` (an optimizer state dict, e.g. of a replayed run at `start_iteration`): the
+    optimizer starts from it, masked like the weights (weight rewinding); else it starts fresh.
     """
     out = Path(output_dir) if output_dir is not None else None
     record = run_record(hp, run_info or {})
@@ -211,15 +220,18 @@ def train(
     try:
         return _train(model, splits, hp, order_seed, masks, out, record, torch.device(device), quiet,
                       checkpoint_seconds, fast, stop_after, start_iteration, eval_threads,
-                      background_eval, callbacks)
+                      background_eval, callbacks, optimizer_state)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, checkpoint_seconds, fast, stop_after,
-           start_iteration, eval_threads, background_eval, callbacks=None):
+           start_iteration, eval_threads, background_eval, callbacks=None, optimizer_state=None):
     engine = SingleEngine(model, splits, hp, order_seed, masks, device, fast)
+    if optimizer_state is not None:  # (a checkpoint, if any, replaces it when the loop resumes)
+        engine.optimizer.load_state_dict(optimizer_state)
+        mask_optimizer_state(engine.optimizer, model, engine.masks)
     total = total_iterations(hp.training, len(engine.train[1]), hp.dataset.batch_size)
     loop.check_iterations(hp.training, total, start_iteration)
     initial = state_dict_copy(model)

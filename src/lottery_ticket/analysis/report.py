@@ -417,10 +417,13 @@ def write_report(
     metrics = load_metrics(root, controls=(layout.TICKET,), complete_only=not include_incomplete)
     plots: list[Plot] = make_plots(agg, metrics, plots_dir, levels=levels, errorbars=errorbars)
 
+    from lottery_ticket.branches import report_sections as branch_sections
+
     portable = results.assign(path=[os.path.relpath(p, root) for p in results["path"]])
     results_csv = write_csv(portable, out / layout.RESULTS_CSV)
     aggregate_csv = write_csv(agg, out / layout.AGGREGATE_CSV)
     sections, analytics_files = report_sections(root, used, agg, out)
+    sections += branch_sections(root, plots_dir)  # the branches' own (instability, retraining, ...)
 
     info = experiment_info(root, results)
     status = _status(results)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from lottery_ticket import layout
@@ -47,6 +48,17 @@ class BranchJob:
         return dict(self.options)[name]
 
 
+@dataclass
+class ReportSection:
+    """What a branch adds to `lth report`: a titled table and figures (`analysis.plots.Plot`)."""
+
+    title: str
+    note: str
+    header: list[str]
+    rows: list[list[str]]
+    plots: list = field(default_factory=list)
+
+
 class Branch:
     """An experiment starting from the ticket of a finished (trial, level). Subclasses set
     `description` and implement `run`; `register_branch` sets `name` and `kind`."""
@@ -59,6 +71,7 @@ class Branch:
     description: ClassVar[str] = ""  # one line: `lth branch --help` lists it
     batched: ClassVar[bool] = False  # whether `run_batched` exists (`--batched`)
     control: ClassVar[bool] = False  # offered by `lth reinit --control` (a control of the ticket)
+    one_run_per_job: ClassVar[bool] = True  # False: a job trains several runs (the progress view shows no total)
 
     @classmethod
     def add_arguments(cls, parser: argparse._ArgumentGroup) -> None:
@@ -78,6 +91,11 @@ class Branch:
     def run_batched(self, jobs: list[BranchJob], ctx) -> None:
         """All of `jobs` as one batched computation (only if `batched`)."""
         raise LotteryError(f"--batched is not supported by branch {self.name}")
+
+    def report(self, experiment: Path, plots_dir: Path) -> ReportSection | None:
+        """This branch's section of `lth report` for `experiment` (figures saved in `plots_dir`),
+        or None (the default: its runs appear in the results table like any run)."""
+        return None
 
 
 def register_branch(name: str):
@@ -117,6 +135,16 @@ def branch_for_kind(kind: str) -> Branch:
 def control_names() -> list[str]:
     """The branches `lth reinit --control` offers."""
     return [name for name in BRANCHES.names() if BRANCHES.get(name).control]
+
+
+def report_sections(experiment: str | Path, plots_dir: str | Path) -> list[ReportSection]:
+    """The report sections of every registered branch that has one for `experiment`."""
+    sections = []
+    for name in BRANCHES.names():
+        section = get_branch(name).report(Path(experiment), Path(plots_dir))
+        if section is not None:
+            sections.append(section)
+    return sections
 
 
 def run_branch(job: BranchJob, ctx) -> None:

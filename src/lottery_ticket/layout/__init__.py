@@ -185,6 +185,45 @@ def find_runs(experiment: str | Path) -> list[RunDir]:
     return runs
 
 
+# --------------------------------------------------------------------------- branches' own files
+# Inside a branch's run directory (`run_dir(exp, t, k, <branch kind>, r)`) the instability and
+# retraining branches keep nested training runs (each a run directory of the usual layout) and
+# their results files.
+
+INSTABILITY_TABLE = "instability.csv"  # one row per (rewind point, pair, split): the barriers
+INSTABILITY_RESULT = "instability.json"  # one pair's barrier and whole interpolation curve
+INSTABILITY_CURVE = "instability_curve.csv"  # the same curve as a table: alpha, split, loss, error
+RETRAINING_TABLE = "retraining.csv"  # one row per (method, t, cycle): sparsity and accuracy
+
+
+def rewind_point_dir(run: str | Path, k: int) -> Path:
+    """Everything of one rewind point k of an instability run."""
+    return Path(run) / f"k_{k}"
+
+
+def replay_dir(parent: str | Path, iteration: int) -> Path:
+    """The ticket's training replayed to `iteration` (its checkpoint holds weights and optimizer
+    state there): under an instability rewind point or a retraining run."""
+    return Path(parent) / f"replay_{iteration}"
+
+
+def pair_dir(run: str | Path, k: int, pair: int) -> Path:
+    """One pair of copies trained from rewind point k; holds INSTABILITY_RESULT and the copies."""
+    return rewind_point_dir(run, k) / f"pair_{pair}"
+
+
+def copy_dir(pair: str | Path, copy: str) -> Path:
+    """One copy (`a` or `b`) of a pair: a run directory (final.safetensors, masks.safetensors)."""
+    return Path(pair) / copy
+
+
+def retrain_dir(run: str | Path, method: str, iterations: int, cycle: int, one_shot_steps: int | None = None) -> Path:
+    """One retraining cycle (a run directory) of `method` with t = `iterations`: iterative pruning
+    (cycle c after c pruning steps), or one-shot pruning of `one_shot_steps` steps at once."""
+    schedule = "iterative" if one_shot_steps is None else f"one_shot_{one_shot_steps}"
+    return Path(run) / schedule / f"{method}_t{iterations}" / f"cycle_{cycle}"
+
+
 def batched_checkpoint_dir(experiment: str | Path, identity: dict) -> Path:
     """Where `--batched` keeps the checkpoint of one batched computation (several runs at once),
     named by a digest of what it trains (run directories and hyperparameters)."""

@@ -259,6 +259,19 @@ def finish_run_files(out: Path, rows: list, final: dict, total: int,
         shutil.rmtree(out / layout.CHECKPOINT)
 
 
+def start_branch_run(out: Path, record: dict, masks: Masks) -> None:
+    """A measuring branch's run directory (instability, retraining) at its start: run.json and
+    the ticket's masks (so the results table shows its Pm); its own files live beside them."""
+    write_json(Path(out) / layout.RUN_FILE, record)
+    save_tensors(Path(out) / layout.MASKS, masks)
+
+
+def finish_branch_run(out: Path, iterations: int) -> None:
+    """COMPLETE for a measuring branch's run directory, with the digests of its result files."""
+    write_json(Path(out) / layout.COMPLETE, {"iterations": iterations, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                             "sha256": result_digests(out)})
+
+
 def write_run(out: str | Path, record: dict, masks: Masks, result: TrainResult, total: int) -> None:
     """All files of a run trained elsewhere (e.g. batched): the same files `train` writes."""
     out = Path(out)
