@@ -7,9 +7,9 @@ each thread count, interleaved repeats of:
     with `fused=True` and `.step()`, masks multiplied into the gradients before the step and into
     the weights after it;
 (b) our step: `trainer.make_step` with `trainer.make_optimizer`'s optimizer (what `lth` trains
-    with: channels-last activations, `fast_optim`, `masking.mask_gradients`);
+    with: autograd in NCHW, the fused kernel called by `fast_optim`, `masking.mask_gradients`);
 (c) evaluation: the plain loop's (`model.eval()`, `torch.no_grad()`, chunks of `loop.EVAL_BATCH`
-    NCHW rows) against ours (`loop.evaluate`);
+    NCHW rows) against ours (`loop.evaluate`: channels-last, chunks of `fast_conv.EVAL_ROWS`);
 (d) the large-matmul rate (2048x2048 sgemm), for the arithmetic floor: the multiply-adds of the
     convolutions and Linear layers (forward, weight gradients, input gradients but the first
     layer's) at that rate. Batch norm, ReLU, pooling and the optimizer are not counted.

@@ -19,7 +19,6 @@ from lottery_ticket import layout, loop, procs
 from lottery_ticket.callbacks import write_rows
 from lottery_ticket.checkpoint import has_checkpoint
 from lottery_ticket.errors import LotteryError
-from lottery_ticket.fast_conv import as_input, input_format
 from lottery_ticket.fast_optim import make_update
 from lottery_ticket.hparams import Hparams, TrainingHparams
 from lottery_ticket.layout.files import (
@@ -68,16 +67,14 @@ def make_optimizer(model: nn.Module, t: TrainingHparams) -> torch.optim.Optimize
 
 
 def autograd_step(model: nn.Module, optimizer: torch.optim.Optimizer, masks: Masks) -> StepFn:
-    """One training step for any model: forward, backward, mask gradients, optimizer update.
-    Conv nets on the CPU get their batch in channels-last format (`fast_conv`)."""
+    """One training step for any model: forward, backward, mask gradients, optimizer update."""
     pairs = gradient_mask_pairs(model, masks)
     grad_pairs: list = []
     update = make_update(optimizer)
-    memory_format = input_format(model, next(model.parameters()).device)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         optimizer.zero_grad(set_to_none=False)
-        logits = model(as_input(x, memory_format))
+        logits = model(x)
         loss = F.cross_entropy(logits, y)
         loss.backward()
         if not grad_pairs:
