@@ -1,13 +1,16 @@
 """Peak memory of a LeNet lottery experiment: the whole process tree, sampled while it runs.
 
-    .venv/bin/python benchmarks/bench_memory.py [--levels 3] [--trials 2] [--iterations 1000] [-- extra lth flags]
+    .venv/bin/python benchmarks/bench_memory.py [--levels 3] [--trials 2] [--iterations 1000] [--seconds S]
+        [-- extra lth flags]
 
 Runs `lth lottery --levels L --trials T --iterations N --quiet` in a temporary directory. With
 T >= 2 the trials train in worker processes (one per core), so the experiment's memory is the
 sum over the process tree: it is sampled every 20 ms from /proc (`lth` and every
 descendant; Pss, which splits shared pages among the processes that share them, and Rss), and
 its peak is reported beside the largest single process's own peak (getrusage RUSAGE_CHILDREN
-ru_maxrss, i.e. VmHWM).
+ru_maxrss, i.e. VmHWM). `--seconds S` stops the experiment (SIGTERM: it checkpoints and exits)
+after S seconds, for models whose runs are long (e.g. `--seconds 300 -- --preset conv2`: data
+loading, the workers, the first evaluation and training steps are all under way by then).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--trials", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=None, help="stop the experiment after this many seconds")
     parser.add_argument("extra", nargs="*", help="more `lth lottery` flags (after --)")
     args = parser.parse_args()
     lth = Path(sys.executable).with_name("lth")
@@ -76,12 +80,18 @@ def main() -> None:
         started = time.perf_counter()
         process = subprocess.Popen(command)
         peak_rss = peak_pss = 0
+        stopped = False
         while process.poll() is None:
             rss, pss = tree_memory_kib(process.pid)
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
             time.sleep(0.02)
+            if args.seconds is not None and not stopped and time.perf_counter() - started > args.seconds:
+                process.terminate()
+                stopped = True
         seconds = time.perf_counter() - started
-        if process.returncode != 0:
+        if stopped:
+            print(f"(stopped after {args.seconds:.0f} s, as asked)")
+        elif process.returncode != 0:
             raise SystemExit(f"lth lottery failed with exit code {process.returncode}")
     peak_process = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(" ".join(command[1:]))

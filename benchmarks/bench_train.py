@@ -16,7 +16,7 @@
 on the machine hit all alike; the median counts. Run:
 
     .venv/bin/python benchmarks/bench_train.py [--threads 1,2] [--steps 600] [--repeats 5]
-        [--run-iterations 50000] [--run-threads 1,2]
+        [--run-iterations 50000] [--run-threads 1,2] [--run-repeats 1]
 """
 
 from __future__ import annotations
@@ -205,35 +205,46 @@ def step_throughput(splits, masks, thread_counts: list[int], steps: int, repeats
                   f"x{it_s / best_reference:.2f} vs the best reference  {it_s / floor:.2f} of this floor")
 
 
-def end_to_end(splits, n: int, thread_counts: list[int]) -> None:
-    """(c): `lth train --preset paper` against the reference loop with the same evaluations."""
+def end_to_end(splits, n: int, thread_counts: list[int], repeats: int = 1) -> None:
+    """(c): `lth train --preset paper` against the reference loop with the same evaluations,
+    `repeats` times interleaved (reference at each thread count, then `lth train`); medians."""
     hp = preset_hparams("paper")
     eval_every = hp.training.eval_every
     print(f"\nend to end, {n} iterations, evaluation every {eval_every} on {len(splits.validation_y)} + "
-          f"{len(splits.test_y)} examples (+ the training split at the end); load average {load_average()}")
+          f"{len(splits.test_y)} examples (+ the training split at the end), median of {repeats} interleaved "
+          f"repeat(s); load average {load_average()}")
     masks = full_masks(lenet(seed=0))  # a dense run, as `lth train` without --masks
-    seconds = {}
-    for threads in thread_counts:
-        torch.set_num_threads(threads)
-        started = time.perf_counter()
-        ReferenceLoop(splits, masks).run_with_evaluations(splits, n, eval_every)
-        seconds[f"reference loop, {threads} thread(s)"] = time.perf_counter() - started
-        print(f"  reference loop, {threads} thread(s): {seconds[f'reference loop, {threads} thread(s)']:.1f} s",
-              flush=True)
     root = data_root()
-    with tempfile.TemporaryDirectory() as tmp:
-        argv = ["train", "--preset", "paper", "--iterations", str(n), "--output-dir", str(Path(tmp) / "run"),
-                "--quiet", "--no-download"] + (["--data-root", str(root)] if root is not None else [])
-        started = time.perf_counter()
-        if cli.main(argv) != 0:
-            raise SystemExit("lth train failed")
-        seconds["lth " + " ".join(argv[:3]) + " (its defaults)"] = time.perf_counter() - started
-    best_reference = min(v for k, v in seconds.items() if k.startswith("reference"))
+    samples: dict[str, list[float]] = {}
+
+    def reference(threads: int) -> None:
+        torch.set_num_threads(threads)
+        ReferenceLoop(splits, masks).run_with_evaluations(splits, n, eval_every)
+
+    def lth_train() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            argv = ["train", "--preset", "paper", "--iterations", str(n), "--output-dir", str(Path(tmp) / "run"),
+                    "--quiet", "--no-download"] + (["--data-root", str(root)] if root is not None else [])
+            if cli.main(argv) != 0:
+                raise SystemExit("lth train failed")
+
+    contenders = {f"reference loop, {t} thread(s)": (lambda t=t: reference(t)) for t in thread_counts}
+    contenders["lth train --preset paper (its defaults)"] = lth_train
+    for r in range(repeats):
+        for name, fn in contenders.items():
+            started = time.perf_counter()
+            fn()
+            samples.setdefault(name, []).append(time.perf_counter() - started)
+            print(f"  repeat {r + 1}: {name}: {samples[name][-1]:.1f} s (load average {load_average()})", flush=True)
+    seconds = {name: statistics.median(v) for name, v in samples.items()}
+    ours = seconds["lth train --preset paper (its defaults)"]
     for name, s in seconds.items():
         projected = f"  ({s * PAPER_ITERATIONS / n:.0f} s per 50,000 iterations, projected)" if n < PAPER_ITERATIONS else ""
-        print(f"  {name:44s} {s:7.1f} s  x{best_reference / s:.2f} vs the best reference{projected}")
-    print(f"  (the reference gets its data already in memory; `lth train` loads it, writes metrics, TensorBoard "
-          f"and checkpoints; load average {load_average()})")
+        print(f"  {name:44s} {s:7.1f} s{projected}")
+    for t in thread_counts:
+        print(f"  lth train vs the reference loop at {t} thread(s): x{seconds[f'reference loop, {t} thread(s)'] / ours:.2f}")
+    print(f"  (`lth train` trains on 1 thread and evaluates in a second thread; the reference gets its data already "
+          f"in memory, `lth train` loads it, writes metrics, TensorBoard and checkpoints; load average {load_average()})")
 
 
 def main() -> None:
@@ -244,6 +255,7 @@ def main() -> None:
     parser.add_argument("--run-iterations", type=int, default=PAPER_ITERATIONS,
                         help="iterations of the end-to-end runs (c) (0: skip them)")
     parser.add_argument("--run-threads", default="1,2", help="thread counts of the reference loop in (c)")
+    parser.add_argument("--run-repeats", type=int, default=1, help="interleaved repeats of (c)")
     args = parser.parse_args()
     splits = load_splits()
     masks = level1_masks(lenet(seed=0))
@@ -255,7 +267,7 @@ def main() -> None:
           f"{naive_flops / 1e6:.1f} M if the first layer's input gradient were computed too)")
     step_throughput(splits, masks, [int(t) for t in args.threads.split(",")], args.steps, args.repeats)
     if args.run_iterations > 0:
-        end_to_end(splits, args.run_iterations, [int(t) for t in args.run_threads.split(",")])
+        end_to_end(splits, args.run_iterations, [int(t) for t in args.run_threads.split(",")], args.run_repeats)
 
 
 if __name__ == "__main__":

@@ -197,3 +197,31 @@ def test_resume_with_fast_path_equals_uninterrupted_run(splits, tmp_path):
     for name, value in whole.final.items():
         assert torch.equal(resumed.final[name], value), name
     assert resumed.metrics == whole.metrics
+
+
+def test_masks_of_all_ones_are_not_multiplied_into_gradients_and_change_nothing():
+    """A dense run skips the gradient masking (x * 1 == x bitwise): the same weights as a step
+    that multiplies every gradient by its mask of ones."""
+    model = build_model("lenet_300_100", seed=0)
+    masks = full_masks(model)
+    assert gradient_mask_pairs(model, masks) == []
+    masks["hidden.0.weight"][0, 0] = 0.0
+    [(param, mask)] = gradient_mask_pairs(model, masks)
+    assert param is model.hidden[0].weight and torch.equal(mask, masks["hidden.0.weight"])
+    dense, ones = build_model("lenet_300_100", seed=0), build_model("lenet_300_100", seed=0)
+    hp = preset_hparams("paper")
+    full = full_masks(dense)
+    step = trainer.make_step(dense, trainer.make_optimizer(dense, hp.training), full)
+    ones_optimizer = torch.optim.Adam(ones.parameters(), lr=hp.training.lr, fused=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = torch.randn(60, 1, 28, 28, generator=g), torch.randint(0, 10, (60,), generator=g)
+        step(x, y)
+        ones_optimizer.zero_grad(set_to_none=False)
+        F.cross_entropy(ones(x), y).backward()
+        for name, p in ones.named_parameters():
+            if name in full:
+                p.grad.mul_(full[name])
+        ones_optimizer.step()
+    for p, q in zip(dense.parameters(), ones.parameters(), strict=True):
+        assert torch.equal(p, q)

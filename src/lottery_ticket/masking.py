@@ -107,9 +107,12 @@ def mask_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, mas
 
 
 def gradient_mask_pairs(model: nn.Module, masks: Masks) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    """(parameter, mask on the parameter's device) pairs, built once per run."""
+    """(parameter, mask on the parameter's device) pairs, built once per run. Masks of all ones
+    are left out: multiplying by 1 returns every float bitwise, so masking those gradients is
+    pure cost (~3% of a LeNet step in a dense run, benchmarks/PROFILE.md)."""
     params = dict(model.named_parameters())
-    return [(params[name], mask.to(params[name].device, params[name].dtype)) for name, mask in masks.items()]
+    return [(params[name], mask.to(params[name].device, params[name].dtype)) for name, mask in masks.items()
+            if not bool(mask.all())]
 
 
 @torch.no_grad()
