@@ -88,6 +88,12 @@ def _add_run_flags(parser: argparse.ArgumentParser, parallel: bool = False) -> N
                        help="parallel worker processes (default: one per core, at most one per job)")
 
 
+def _strategy_names() -> list[str]:
+    from lottery_ticket.strategies import strategy_names
+
+    return strategy_names()
+
+
 def _callback_names() -> list[str]:
     from lottery_ticket.callbacks import callback_names
 
@@ -133,6 +139,14 @@ def build_parser(branches: bool = False) -> argparse.ArgumentParser:
                         "(they are left alone)")
     p.add_argument("--masks", nargs="+", default=None, metavar="PATH",
                    help="masks.safetensors file(s); several are combined by union")
+    p.add_argument("--prune-at-init", default=None, metavar="STRATEGY",
+                   help=ChoicesHelp("prune the initialized network once, before training, with this pruning "
+                                    "strategy (e.g. snip, grasp, synflow, random) to --density, and write its "
+                                    "masks.safetensors; recorded in run.json, so a rerun with other values is "
+                                    "refused",
+                                    _strategy_names))
+    p.add_argument("--density", type=float, default=None,
+                   help="with --prune-at-init: the fraction of prunable weights kept, in (0, 1], e.g. 0.05")
     p.add_argument("--init-weights", default=None, metavar="PATH",
                    help="a safetensors state dict giving initial values (e.g. a run's initial.safetensors); "
                         "tensors it does not name keep the seeded initialization")
@@ -309,21 +323,40 @@ def _check_train_output_dir(directory: str, force: bool) -> None:
                            "choose a new or empty directory, or pass --force to train there anyway")
 
 
+def _check_prune_at_init(args) -> None:
+    """--prune-at-init and --density come together, without --masks; the strategy is registered."""
+    if args.prune_at_init is None:
+        if args.density is not None:
+            raise LotteryError("--density is the density of --prune-at-init; give both")
+        return
+    from lottery_ticket.strategies import STRATEGIES
+
+    STRATEGIES.get(args.prune_at_init)  # unknown names: an error naming the registered ones
+    if args.density is None or not (0.0 < args.density <= 1.0):
+        raise LotteryError(f"--prune-at-init needs --density in (0, 1], got {args.density}")
+    if args.masks:
+        raise LotteryError("--prune-at-init computes the masks; it cannot be combined with --masks")
+
+
 def cmd_train(args) -> None:
+    from lottery_ticket.layout.files import check_same_run, run_record
     from lottery_ticket.masking import load_masks
     from lottery_ticket.runner import (
         check_model,
         default_threads,
         load_splits,
         new_model,
+        pruning_seed,
         run_seeds,
         train_options,
     )
     from lottery_ticket.store import load_tensors
+    from lottery_ticket.strategies import prune_at_init
     from lottery_ticket.trainer import threads, train
 
     hp = hparams_from_args(args)
     check_model(hp)
+    _check_prune_at_init(args)
     ctx = _with_eval_threads(_context(args), 1)
     train_threads = _threads(args, default_threads(1, hp.model.model))
     _check_device(ctx.device)
@@ -333,14 +366,19 @@ def cmd_train(args) -> None:
     init_weights = load_tensors(args.init_weights) if args.init_weights else None
     model = new_model(hp, splits, seeds["model"], init_weights)
     masks = load_masks(args.masks) if args.masks else None
+    run_info = {"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
+                # (run.json's key for the initial weights file keeps the flag's older name)
+                "masks": args.masks, "presets": args.init_weights}
     with threads(train_threads):
-        result = train(
-            model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
-            run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
-                      # (run.json's key for the initial weights file keeps the flag's older name)
-                      "masks": args.masks, "presets": args.init_weights},
-            **train_options(ctx),
-        )
+        if args.prune_at_init is not None:
+            at_init = {"strategy": args.prune_at_init, "density": args.density,
+                       "seed": pruning_seed(args.seed, args.trial)}
+            run_info["prune_at_init"] = at_init
+            check_same_run(Path(args.output_dir), run_record(hp, run_info))  # (before the scoring)
+            if not layout.is_complete(Path(args.output_dir)):
+                masks = prune_at_init(hp, model, splits, at_init["strategy"], args.density, at_init["seed"])
+        result = train(model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
+                       run_info=run_info, **train_options(ctx))
     if not args.quiet:
         last = {split: (loss, acc) for _, split, loss, acc in result.metrics}
         print(f"done: {args.output_dir}  test accuracy {last['test'][1]:.4f}  "
