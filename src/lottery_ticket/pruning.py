@@ -25,30 +25,34 @@ def prune_count(fraction: float, remaining: int) -> int:
     return math.floor(fraction * remaining + 0.5)
 
 
-def _prune_smallest(weights: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
-    """A copy of `mask` with the `count` smallest-magnitude kept weights set to 0."""
+def _prune_smallest(weights: torch.Tensor, mask: torch.Tensor, count: int, invert: bool = False) -> torch.Tensor:
+    """A copy of `mask` with the `count` smallest-magnitude kept weights set to 0 (with `invert`:
+    the largest, the inversion sanity check of Frankle et al. ICLR 2021)."""
     new = mask.detach().to(torch.float32).flatten().clone()
     if count == 0:
         return new.view_as(mask)
     kept = torch.nonzero(new, as_tuple=True)[0]
     magnitudes = weights.detach().flatten().to(torch.float64, copy=False)[kept].abs()
+    if invert:
+        magnitudes = -magnitudes
     order = torch.sort(magnitudes, stable=True).indices
     new[kept[order[:count]]] = 0.0
     return new.view_as(mask)
 
 
-def prune_layerwise(masks: Masks, weights: dict[str, torch.Tensor], fractions: dict[str, float]) -> Masks:
+def prune_layerwise(masks: Masks, weights: dict[str, torch.Tensor], fractions: dict[str, float],
+                    invert: bool = False) -> Masks:
     """Prune each tensor by its own fraction of its remaining weights (`fractions[name]`)."""
     out = {}
     for name, mask in masks.items():
         fraction = fractions.get(name, 0.0)
         remaining = int(mask.sum().item())
-        out[name] = _prune_smallest(weights[name].cpu(), mask.cpu(), prune_count(fraction, remaining))
+        out[name] = _prune_smallest(weights[name].cpu(), mask.cpu(), prune_count(fraction, remaining), invert)
     return out
 
 
 def prune_global(
-    masks: Masks, weights: dict[str, torch.Tensor], fraction: float, never_prune: list[str] = ()
+    masks: Masks, weights: dict[str, torch.Tensor], fraction: float, never_prune: list[str] = (), invert: bool = False
 ) -> Masks:
     """Prune `fraction` of all remaining weights with one magnitude threshold across tensors."""
     unknown = set(never_prune) - set(masks)
@@ -61,7 +65,7 @@ def prune_global(
     flat_masks = torch.cat([out[n].flatten() for n in names])
     flat_weights = torch.cat([weights[n].detach().cpu().flatten().to(torch.float64) for n in names])
     remaining = int(flat_masks.sum().item())
-    pruned = _prune_smallest(flat_weights, flat_masks, prune_count(fraction, remaining))
+    pruned = _prune_smallest(flat_weights, flat_masks, prune_count(fraction, remaining), invert)
     offset = 0
     for n in names:
         size = out[n].numel()

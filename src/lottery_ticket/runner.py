@@ -339,7 +339,9 @@ def prepare_control(job: ControlJob, ctx: RunOptions) -> ControlSetup:
     run_seed = derive_seed("control", control, seed, trial, level, run_index)
     splits = load_splits(hp, ctx, seeds["labels"])
     fresh = new_model(hp, splits, run_seed).state_dict()
-    weights, run_masks = branch_for_kind(control).init(original, fresh, masks, run_seed)
+    branch = branch_for_kind(control)
+    masks = branch.source_masks(exp_dir, trial, level, hp, seed, splits, masks)
+    weights, run_masks = branch.init(original, fresh, masks, run_seed)
     return ControlSetup(
         hp=hp, splits=splits, model=new_model(hp, splits, run_seed, presets=weights), masks=run_masks,
         order_seed=seeds["order"], out=layout.run_dir(exp_dir, trial, level, control, run_index),
