@@ -198,6 +198,34 @@ def build_parser(branches: bool = False) -> argparse.ArgumentParser:
     else:  # (`lth --help`: the branches are listed by `lth branch --help`)
         p.add_argument("branch", metavar="NAME", help="the branch; `lth branch --help` lists them")
 
+    p = sub.add_parser("compare-at-init", help="IMP tickets vs SNIP, GraSP, SynFlow and random pruning at initialization",
+                       description="For one preset and a list of densities: magnitude-IMP tickets (an `lth lottery` "
+                                   "experiment in DIR/imp, or --imp-experiment, resumed: finished levels are reused; "
+                                   "each density is matched by the level nearest to it) and one-shot pruning at "
+                                   "initialization by each of --methods to exactly each density, from the same "
+                                   "initialization of each trial, trained alike. Writes DIR/compare.csv, "
+                                   "DIR/compare.md and DIR/compare.png: test accuracy at early stopping vs density, "
+                                   "mean and min/max over trials (Frankle et al. ICLR 2021, 'Missing the Mark'). "
+                                   "Run the same command again to resume.")
+    p.add_argument("--output-dir", required=True, help="the comparison's directory (resumed if it exists)")
+    p.add_argument("--densities", required=True,
+                   help="comma-separated fractions of prunable weights kept, e.g. 0.1,0.05,0.02")
+    p.add_argument("--trials", type=int, default=1, help="independent trials (default: 1)")
+    p.add_argument("--methods", default="snip,grasp,synflow,random",
+                   help=ChoicesHelp("comma-separated pruning strategies applied at initialization "
+                                    "(default: snip,grasp,synflow,random)", _strategy_names))
+    p.add_argument("--checks", default="",
+                   help="comma-separated sanity checks run on every method's masks too (Frankle et al. 2021, "
+                        "Section 5): shuffle (layerwise shuffled masks), reinit (fresh weights), invert "
+                        "(the lowest scores kept); default: none")
+    p.add_argument("--imp-experiment", default=None, metavar="DIR",
+                   help="an existing `lth lottery` experiment (magnitude pruning) to take the IMP tickets from, "
+                        "and its seed; its levels and trials are extended as needed; its training "
+                        "hyperparameters must equal these flags'")
+    _add_experiment_flags(p)
+    _add_run_flags(p, parallel=True)
+    add_hparam_flags(p)
+
     p = sub.add_parser("sweep", help="run every line of an argfile (skipping completed runs)",
                        description="Each non-empty line of ARGFILE (not starting with #) is one `lth` "
                                    "command without the leading `lth`, e.g. `train --lr 0.001 --output-dir "
@@ -474,6 +502,66 @@ def _run_branch(args, name: str) -> None:
         print(summary_table(args.experiment))
 
 
+def cmd_compare_at_init(args) -> None:
+    from lottery_ticket.analysis.compare import markdown, write_comparison
+    from lottery_ticket.compare_at_init import (
+        CHECKS,
+        AtInitJob,
+        check_same_training,
+        compare_job,
+        imp_densities,
+        nearest_level,
+        parse_densities,
+        parse_names,
+    )
+    from lottery_ticket.data.registry import DATASETS
+    from lottery_ticket.models import build_model
+    from lottery_ticket.runner import LotteryJob, check_model, prepare_experiment, read_experiment, run_jobs
+
+    hp = hparams_from_args(args)
+    check_model(hp)
+    densities = parse_densities(args.densities)
+    methods = parse_names(args.methods, [n for n in _strategy_names() if n not in ("layerwise", "global")],
+                          "--methods strategy")
+    checks = parse_names(args.checks, CHECKS, "--checks check")
+    ctx = _context(args)
+    _check_device(ctx.device)
+    out = Path(args.output_dir)
+    if args.imp_experiment:
+        imp = Path(args.imp_experiment)
+        if not (imp / layout.EXPERIMENT_FILE).is_file():
+            raise LotteryError(f"--imp-experiment {imp} is not an `lth lottery` experiment")
+        imp_hp, seed = read_experiment(imp)
+        check_same_training(imp_hp, hp)
+    else:
+        imp, imp_hp, seed = out / layout.COMPARE_IMP, hp, args.seed
+    dataset = DATASETS.get(hp.dataset.dataset)
+    template = build_model(hp.model.model, seed=0, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    level_densities = imp_densities(imp_hp, template)
+    chosen = {d: nearest_level(level_densities, d) for d in densities}
+    levels = max(chosen.values())
+    prepare_experiment(imp, imp_hp, seed)
+    trials = range(args.trials)
+    at_init = [AtInitJob(str(out), hp, seed, t, m, d, c) for m in methods for c in ("", *checks) for d in densities
+               for t in trials]
+    jobs = [LotteryJob(str(imp), imp_hp, seed, t, levels) for t in trials] + at_init
+    workers, threads = _workers(args, len(jobs), hp.model.model)
+    if not args.quiet:
+        print(f"IMP levels for densities {', '.join(f'{d:g}' for d in densities)}: "
+              + ", ".join(f"level {chosen[d]} ({100 * level_densities[chosen[d]]:.2f}%)" for d in densities),
+              file=sys.stderr)
+    results = run_jobs(compare_job, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
+                       runs=args.trials * (levels + 1) + len(at_init), what="trials and runs")
+    collapsed = [message for message in results if message]
+    runs = [("imp", d, chosen[d], layout.run_dir(imp, t, chosen[d])) for d in densities for t in trials]
+    runs += [(j.method, j.density, None, layout.at_init_run_dir(out, j.method, j.density, j.trial)) for j in at_init]
+    table = write_comparison(out, runs, title=f"{hp.model.model}: {args.trials} trials, {hp.training.iterations} "
+                                              "iterations (bars: min/max)", collapsed=collapsed)
+    if not args.quiet:
+        print(markdown(table, collapsed))
+        print(f"comparison: {out / layout.COMPARE_MD}, {out / layout.COMPARE_CSV}, {out / layout.COMPARE_PLOT}")
+
+
 def is_script(path: Path) -> bool:
     """An argfile is a script if it starts with `#!` (decided by content: on network and Windows
     mounts every file may carry the exec bit)."""
@@ -641,6 +729,7 @@ def cmd_presets(args) -> None:
 COMMANDS = {
     "train": cmd_train, "lottery": cmd_lottery, "reinit": cmd_reinit, "branch": cmd_branch, "sweep": cmd_sweep,
     "report": lambda a: _report(a.experiment, False, a.errorbars), "models": cmd_models, "presets": cmd_presets,
+    "compare-at-init": cmd_compare_at_init,
 }
 
 
@@ -652,7 +741,7 @@ def run(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    stoppable = bool(argv) and argv[0] in (*SWEEP_COMMANDS, "sweep")  # (others stop at once)
+    stoppable = bool(argv) and argv[0] in (*SWEEP_COMMANDS, "sweep", "compare-at-init")  # (others stop at once)
     try:
         with stop_on_signals() if stoppable else contextlib.nullcontext():
             run(argv)

@@ -100,6 +100,10 @@ def random_masks_like(masks: Masks, seed: int) -> Masks:
 # --------------------------------------------------------------------------- score-based pruning
 
 
+class LayerCollapse(LotteryError):
+    """A strategy would prune a whole layer (the network would compute a constant)."""
+
+
 def density_count(density: float, total: int) -> int:
     """How many of `total` weights a mask of `density` keeps (round half up, as `prune_count`)."""
     if not 0.0 < density <= 1.0:
@@ -151,7 +155,7 @@ def keep_highest(
         out[n] = flat_masks[offset : offset + size].view_as(out[n]).clone()
         offset += size
         if not allow_collapse and out[n].sum() == 0 and masks[n].sum() > 0:
-            raise LotteryError(
+            raise LayerCollapse(
                 f"layer collapse: keeping {keep} weights would prune all of {n}, disconnecting the network "
                 "(choose a higher density, or pass --allow-layer-collapse to accept it)")
     return out

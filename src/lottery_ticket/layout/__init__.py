@@ -44,6 +44,14 @@ REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 PLOTS = "plots"
 
+# What `lth compare-at-init` writes into its directory: its own lottery experiment (unless
+# --imp-experiment names one), the pruning-at-initialization runs, and the comparison.
+COMPARE_IMP = "imp"
+AT_INIT = "at_init"
+COMPARE_CSV = "compare.csv"
+COMPARE_MD = "compare.md"
+COMPARE_PLOT = "compare.png"
+
 _TRIAL = "trial_"
 _LEVEL = "level_"
 _TRIAL_RE = re.compile(rf"{_TRIAL}(\d+)")
@@ -66,6 +74,12 @@ def run_name(control: str = TICKET, run_index: int = 0) -> str:
 
 def run_dir(experiment: str | Path, trial: int, level: int, control: str = TICKET, run_index: int = 0) -> Path:
     return level_dir(experiment, trial, level) / run_name(control, run_index)
+
+
+def at_init_run_dir(compare: str | Path, method: str, density: float, trial: int) -> Path:
+    """`<compare>/at_init/<method>/density_<d>/trial_<t>/`: one pruning-at-initialization run
+    (`method`: a strategy, or `<strategy>_<check>` for a sanity check of its masks)."""
+    return Path(compare) / AT_INIT / method / f"density_{density:g}" / f"{_TRIAL}{trial}"
 
 
 def parse_run_name(name: str) -> tuple[str, int] | None:
