@@ -516,7 +516,13 @@ def cmd_compare_at_init(args) -> None:
     )
     from lottery_ticket.data.registry import DATASETS
     from lottery_ticket.models import build_model
-    from lottery_ticket.runner import LotteryJob, check_model, prepare_experiment, read_experiment, run_jobs
+    from lottery_ticket.runner import (
+        LotteryJob,
+        check_model,
+        prepare_experiment,
+        read_experiment,
+        run_jobs,
+    )
 
     hp = hparams_from_args(args)
     check_model(hp)

@@ -16,8 +16,19 @@ from lottery_ticket import layout
 from lottery_ticket.analysis.early_stopping import early_stopping, read_metrics
 from lottery_ticket.analysis.table import mask_density
 
+# line styles of the sanity checks (one color per strategy; IMP solid black)
+CHECK_STYLES = {"": "--", "shuffle": ":", "reinit": "-.", "invert": (0, (1, 3))}
+
 COLUMNS = ["method", "target_density", "level", "trials", "density", "test_accuracy_mean", "test_accuracy_min",
            "test_accuracy_max", "early_stop_iteration_mean"]
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """(strategy, sanity check or "") of a method name such as `snip_invert`."""
+    for check in CHECK_STYLES:
+        if check and method.endswith(f"_{check}"):
+            return method[: -len(check) - 1], check
+    return method, ""
 
 
 def run_numbers(run: Path) -> dict | None:
@@ -85,26 +96,31 @@ def plot(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for method in dict.fromkeys(table["method"]):
+    fig, ax = plt.subplots(figsize=(8.0, 4.8))
+    methods = list(dict.fromkeys(table["method"]))
+    strategies = list(dict.fromkeys(split_method(m)[0] for m in methods if m != "imp"))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for method in methods:
         rows = table[table["method"] == method].sort_values("density", ascending=False)
         x = 100 * rows["density"].to_numpy(float)
         y = 100 * rows["test_accuracy_mean"].to_numpy(float)
         low = y - 100 * rows["test_accuracy_min"].to_numpy(float)
         high = 100 * rows["test_accuracy_max"].to_numpy(float) - y
-        ax.errorbar(x, y, yerr=[low, high], marker="o", capsize=3, label=method,
-                    linestyle="--" if method != "imp" else "-")
+        strategy, check = split_method(method)
+        style = ({"color": "black", "linestyle": "-"} if method == "imp" else
+                 {"color": palette[strategies.index(strategy) % len(palette)], "linestyle": CHECK_STYLES.get(check, "--")})
+        ax.errorbar(x, y, yerr=[low, high], marker="o", capsize=3, label=method, **style)
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("weights remaining (%)")
     ax.set_ylabel("test accuracy at early stopping (%)")
     if len(table):
-        densities = sorted(set(100 * table["density"].round(6)), reverse=True)
-        ax.set_xticks(densities, [f"{d:.3g}" for d in densities])
+        targets = sorted(set(100 * table["target_density"]), reverse=True)
+        ax.set_xticks(targets, [f"{d:.3g}" for d in targets])
         ax.minorticks_off()
     ax.set_title(title or "pruning at initialization vs IMP (bars: min/max over trials)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

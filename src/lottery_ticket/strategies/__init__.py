@@ -21,8 +21,8 @@ from lottery_ticket.errors import LotteryError
 from lottery_ticket.hparams import Hparams, never_prune
 from lottery_ticket.masking import Masks, apply_presets, prunable_names
 from lottery_ticket.pruning import density_count, keep_highest, prune_count
-from lottery_ticket.seeds import derive_seed
 from lottery_ticket.registries import Registry
+from lottery_ticket.seeds import derive_seed
 
 STRATEGIES = Registry("pruning strategy", __name__)
 register_strategy = STRATEGIES.register
