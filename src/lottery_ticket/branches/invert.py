@@ -22,6 +22,7 @@ from lottery_ticket.masking import Masks
 
 @register_branch("invert")
 class Invert(ControlBranch):
+    control = False  # a sanity check run by `lth branch`, not one of `lth reinit --control`
     description = ("sanity check: each level re-pruned by the experiment's strategy keeping the lowest scores "
                    "(Frankle et al. 2021, Section 5), original starting weights")
 

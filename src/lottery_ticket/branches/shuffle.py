@@ -36,6 +36,7 @@ def shuffle_layerwise(masks: Masks, seed: int) -> Masks:
 
 @register_branch("shuffle")
 class Shuffle(ControlBranch):
+    control = False  # a sanity check run by `lth branch`, not one of `lth reinit --control`
     description = ("sanity check: the ticket's mask shuffled at random within each layer (same per-layer "
                    "density), original starting weights (Frankle et al. 2021, Section 5)")
 

@@ -150,3 +150,8 @@ def prune_at_init(hp: Hparams, model: torch.nn.Module, splits, strategy: str, de
     ctx = PruningContext(masks=full_masks(model), weights=model.state_dict(), hp=hp, architecture=model,
                          splits=splits, density=density, invert=invert, seed=seed)
     return STRATEGIES.get(strategy)(ctx)
+
+
+# The paper's magnitude strategies first, so `--help` lists `layerwise, global` before the others
+# (the registry imports the rest of the package, in name order, on first lookup).
+from lottery_ticket.strategies import magnitude  # noqa: E402, F401
