@@ -524,6 +524,9 @@ def cmd_compare_at_init(args) -> None:
         run_jobs,
     )
 
+    if args.batched:
+        raise LotteryError("--batched is not supported by compare-at-init (its runs have different masks "
+                           "and starts); use --workers")
     hp = hparams_from_args(args)
     check_model(hp)
     densities = parse_densities(args.densities)
