@@ -551,8 +551,9 @@ def cmd_compare_at_init(args) -> None:
     levels = max(chosen.values())
     prepare_experiment(imp, imp_hp, seed)
     trials = range(args.trials)
-    at_init = [AtInitJob(str(out), hp, seed, t, m, d, c) for m in methods for c in ("", *checks) for d in densities
-               for t in trials]
+    # trial by trial: an interrupted comparison has every method at every density for its first trials
+    at_init = [AtInitJob(str(out), hp, seed, t, m, d, c) for t in trials for m in methods for c in ("", *checks)
+               for d in densities]
     jobs = [LotteryJob(str(imp), imp_hp, seed, t, levels) for t in trials] + at_init
     workers, threads = _workers(args, len(jobs), hp.model.model)
     if not args.quiet:
