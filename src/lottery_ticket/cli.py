@@ -129,6 +129,12 @@ def _add_backend_flags(g) -> None:
                         "GPU Ray assigns it")
 
 
+def _strategy_names() -> list[str]:
+    from lottery_ticket.strategies import strategy_names
+
+    return strategy_names()
+
+
 def _callback_names() -> list[str]:
     from lottery_ticket.callbacks import callback_names
 
@@ -174,6 +180,14 @@ def build_parser(branches: bool = False) -> argparse.ArgumentParser:
                         "(they are left alone)")
     p.add_argument("--masks", nargs="+", default=None, metavar="PATH",
                    help="masks.safetensors file(s); several are combined by union")
+    p.add_argument("--prune-at-init", default=None, metavar="STRATEGY",
+                   help=ChoicesHelp("prune the initialized network once, before training, with this pruning "
+                                    "strategy (e.g. snip, grasp, synflow, random) to --density, and write its "
+                                    "masks.safetensors; recorded in run.json, so a rerun with other values is "
+                                    "refused",
+                                    _strategy_names))
+    p.add_argument("--density", type=float, default=None,
+                   help="with --prune-at-init: the fraction of prunable weights kept, in (0, 1], e.g. 0.05")
     p.add_argument("--init-weights", default=None, metavar="PATH",
                    help="a safetensors state dict giving initial values (e.g. a run's initial.safetensors); "
                         "tensors it does not name keep the seeded initialization")
@@ -233,6 +247,34 @@ def build_parser(branches: bool = False) -> argparse.ArgumentParser:
             _add_branch_flags(b)
     else:  # (`lth --help`: the branches are listed by `lth branch --help`)
         p.add_argument("branch", metavar="NAME", help="the branch; `lth branch --help` lists them")
+
+    p = sub.add_parser("compare-at-init", help="IMP tickets vs SNIP, GraSP, SynFlow and random pruning at initialization",
+                       description="For one preset and a list of densities: magnitude-IMP tickets (an `lth lottery` "
+                                   "experiment in DIR/imp, or --imp-experiment, resumed: finished levels are reused; "
+                                   "each density is matched by the level nearest to it) and one-shot pruning at "
+                                   "initialization by each of --methods to exactly each density, from the same "
+                                   "initialization of each trial, trained alike. Writes DIR/compare.csv, "
+                                   "DIR/compare.md and DIR/compare.png: test accuracy at early stopping vs density, "
+                                   "mean and min/max over trials (Frankle et al. ICLR 2021, 'Missing the Mark'). "
+                                   "Run the same command again to resume.")
+    p.add_argument("--output-dir", required=True, help="the comparison's directory (resumed if it exists)")
+    p.add_argument("--densities", required=True,
+                   help="comma-separated fractions of prunable weights kept, e.g. 0.1,0.05,0.02")
+    p.add_argument("--trials", type=int, default=1, help="independent trials (default: 1)")
+    p.add_argument("--methods", default="snip,grasp,synflow,random",
+                   help=ChoicesHelp("comma-separated pruning strategies applied at initialization "
+                                    "(default: snip,grasp,synflow,random)", _strategy_names))
+    p.add_argument("--checks", default="",
+                   help="comma-separated sanity checks run on every method's masks too (Frankle et al. 2021, "
+                        "Section 5): shuffle (layerwise shuffled masks), reinit (fresh weights), invert "
+                        "(the lowest scores kept); default: none")
+    p.add_argument("--imp-experiment", default=None, metavar="DIR",
+                   help="an existing `lth lottery` experiment (magnitude pruning) to take the IMP tickets from, "
+                        "and its seed; its levels and trials are extended as needed; its training "
+                        "hyperparameters must equal these flags'")
+    _add_experiment_flags(p)
+    _add_run_flags(p, parallel=True)
+    add_hparam_flags(p)
 
     p = sub.add_parser("sweep", help="run every line of an argfile (skipping completed runs)",
                        description="Each non-empty line of ARGFILE (not starting with #) is one `lth` "
@@ -425,21 +467,40 @@ def _check_train_output_dir(directory: str, force: bool) -> None:
                            "choose a new or empty directory, or pass --force to train there anyway")
 
 
+def _check_prune_at_init(args) -> None:
+    """--prune-at-init and --density come together, without --masks; the strategy is registered."""
+    if args.prune_at_init is None:
+        if args.density is not None:
+            raise LotteryError("--density is the density of --prune-at-init; give both")
+        return
+    from lottery_ticket.strategies import STRATEGIES
+
+    STRATEGIES.get(args.prune_at_init)  # unknown names: an error naming the registered ones
+    if args.density is None or not (0.0 < args.density <= 1.0):
+        raise LotteryError(f"--prune-at-init needs --density in (0, 1], got {args.density}")
+    if args.masks:
+        raise LotteryError("--prune-at-init computes the masks; it cannot be combined with --masks")
+
+
 def cmd_train(args) -> None:
+    from lottery_ticket.layout.files import check_same_run, run_record
     from lottery_ticket.masking import load_masks
     from lottery_ticket.runner import (
         check_model,
         default_threads,
         load_splits,
         new_model,
+        pruning_seed,
         run_seeds,
         train_options,
     )
     from lottery_ticket.store import load_tensors
+    from lottery_ticket.strategies import prune_at_init
     from lottery_ticket.trainer import threads, train
 
     hp = hparams_from_args(args)
     check_model(hp)
+    _check_prune_at_init(args)
     ctx = _with_eval_threads(_context(args), 1)
     train_threads = _threads(args, default_threads(1, hp.model.model))
     _check_device(ctx.device)
@@ -449,14 +510,19 @@ def cmd_train(args) -> None:
     init_weights = load_tensors(args.init_weights) if args.init_weights else None
     model = new_model(hp, splits, seeds["model"], init_weights)
     masks = load_masks(args.masks) if args.masks else None
+    run_info = {"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
+                # (run.json's key for the initial weights file keeps the flag's older name)
+                "masks": args.masks, "presets": args.init_weights}
     with threads(train_threads):
-        result = train(
-            model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
-            run_info={"trial": args.trial, "level": 0, "control": "train", "run_index": 0, "seeds": seeds,
-                      # (run.json's key for the initial weights file keeps the flag's older name)
-                      "masks": args.masks, "presets": args.init_weights},
-            **train_options(ctx),
-        )
+        if args.prune_at_init is not None:
+            at_init = {"strategy": args.prune_at_init, "density": args.density,
+                       "seed": pruning_seed(args.seed, args.trial)}
+            run_info["prune_at_init"] = at_init
+            check_same_run(Path(args.output_dir), run_record(hp, run_info))  # (before the scoring)
+            if not layout.is_complete(Path(args.output_dir)):
+                masks = prune_at_init(hp, model, splits, at_init["strategy"], args.density, at_init["seed"])
+        result = train(model, splits, hp, order_seed=seeds["order"], masks=masks, output_dir=args.output_dir,
+                       run_info=run_info, **train_options(ctx))
     if not args.quiet:
         last = {split: (loss, acc) for _, split, loss, acc in result.metrics}
         print(f"done: {args.output_dir}  test accuracy {last['test'][1]:.4f}  "
@@ -574,6 +640,76 @@ def _run_branch(args, name: str) -> None:
         from lottery_ticket.analysis.table import summary_table
 
         print(summary_table(args.experiment))
+
+
+def cmd_compare_at_init(args) -> None:
+    from lottery_ticket.analysis.compare import markdown, write_comparison
+    from lottery_ticket.compare_at_init import (
+        CHECKS,
+        AtInitJob,
+        check_same_training,
+        compare_job,
+        imp_densities,
+        nearest_level,
+        parse_densities,
+        parse_names,
+    )
+    from lottery_ticket.data.registry import DATASETS
+    from lottery_ticket.models import build_model
+    from lottery_ticket.runner import (
+        LotteryJob,
+        check_model,
+        prepare_experiment,
+        read_experiment,
+        run_jobs,
+    )
+
+    if args.batched:
+        raise LotteryError("--batched is not supported by compare-at-init (its runs have different masks "
+                           "and starts); use --workers")
+    hp = hparams_from_args(args)
+    check_model(hp)
+    densities = parse_densities(args.densities)
+    methods = parse_names(args.methods, [n for n in _strategy_names() if n not in ("layerwise", "global")],
+                          "--methods strategy")
+    checks = parse_names(args.checks, CHECKS, "--checks check")
+    ctx = _context(args)
+    _check_device(ctx.device)
+    out = Path(args.output_dir)
+    if args.imp_experiment:
+        imp = Path(args.imp_experiment)
+        if not (imp / layout.EXPERIMENT_FILE).is_file():
+            raise LotteryError(f"--imp-experiment {imp} is not an `lth lottery` experiment")
+        imp_hp, seed = read_experiment(imp)
+        check_same_training(imp_hp, hp)
+    else:
+        imp, imp_hp, seed = out / layout.COMPARE_IMP, hp, args.seed
+    dataset = DATASETS.get(hp.dataset.dataset)
+    template = build_model(hp.model.model, seed=0, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    level_densities = imp_densities(imp_hp, template)
+    chosen = {d: nearest_level(level_densities, d) for d in densities}
+    levels = max(chosen.values())
+    prepare_experiment(imp, imp_hp, seed)
+    trials = range(args.trials)
+    # trial by trial: an interrupted comparison has every method at every density for its first trials
+    at_init = [AtInitJob(str(out), hp, seed, t, m, d, c) for t in trials for m in methods for c in ("", *checks)
+               for d in densities]
+    jobs = [LotteryJob(str(imp), imp_hp, seed, t, levels) for t in trials] + at_init
+    workers, threads = _workers(args, len(jobs), hp.model.model)
+    if not args.quiet:
+        print(f"IMP levels for densities {', '.join(f'{d:g}' for d in densities)}: "
+              + ", ".join(f"level {chosen[d]} ({100 * level_densities[chosen[d]]:.2f}%)" for d in densities),
+              file=sys.stderr)
+    results = run_jobs(compare_job, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
+                       runs=args.trials * (levels + 1) + len(at_init), what="trials and runs")
+    collapsed = [message for message in results if message]
+    runs = [("imp", d, chosen[d], layout.run_dir(imp, t, chosen[d])) for d in densities for t in trials]
+    runs += [(j.method, j.density, None, layout.at_init_run_dir(out, j.method, j.density, j.trial)) for j in at_init]
+    table = write_comparison(out, runs, title=f"{hp.model.model}: {args.trials} trials, {hp.training.iterations} "
+                                              "iterations (bars: min/max)", collapsed=collapsed)
+    if not args.quiet:
+        print(markdown(table, collapsed))
+        print(f"comparison: {out / layout.COMPARE_MD}, {out / layout.COMPARE_CSV}, {out / layout.COMPARE_PLOT}")
 
 
 def is_script(path: Path) -> bool:
@@ -788,7 +924,7 @@ def cmd_presets(args) -> None:
 COMMANDS = {
     "train": cmd_train, "lottery": cmd_lottery, "reinit": cmd_reinit, "branch": cmd_branch, "sweep": cmd_sweep,
     "report": lambda a: _report(a.experiment, False, a.errorbars), "models": cmd_models, "presets": cmd_presets,
-    "activations": cmd_activations, "export": cmd_export,
+    "activations": cmd_activations, "export": cmd_export, "compare-at-init": cmd_compare_at_init,
 }
 
 
@@ -800,7 +936,7 @@ def run(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    stoppable = bool(argv) and argv[0] in (*SWEEP_COMMANDS, "sweep")  # (others stop at once)
+    stoppable = bool(argv) and argv[0] in (*SWEEP_COMMANDS, "sweep", "compare-at-init")  # (others stop at once)
     try:
         with stop_on_signals() if stoppable else contextlib.nullcontext():
             run(argv)

@@ -187,6 +187,31 @@ class PruningHparams(_Section):
     never_prune: str = field(
         default="", metadata={"help": "comma-separated tensor names that are never pruned"}
     )
+    score_data: str = field(
+        default="per_class",
+        metadata={"help": "snip, grasp: the training examples scored: per_class (--score-per-class examples of "
+                          "each class, as GraSP's code and Frankle et al. 2021) | batch (--score-batch examples, "
+                          "as SNIP's paper); drawn from the training split by the run's seed",
+                  "choices": ("per_class", "batch")},
+    )
+    score_per_class: int = field(
+        default=10, metadata={"help": "snip, grasp: training examples per class (--score-data per_class)", "range": Range(1)}
+    )
+    score_batch: int = field(
+        default=100, metadata={"help": "snip, grasp: training examples scored (--score-data batch)", "range": Range(1)}
+    )
+    grasp_temperature: float = field(
+        default=200.0, metadata={"help": "grasp: the logits are divided by this temperature T (GraSP's code: 200)",
+                                 "range": Range(0, low_open=True)}
+    )
+    synflow_iterations: int = field(
+        default=100, metadata={"help": "synflow: scoring/pruning rounds on an exponential density schedule "
+                                       "(Tanaka et al. 2020: 100)", "range": Range(1)}
+    )
+    allow_layer_collapse: bool = field(
+        default=False, metadata={"help": "let a score-based strategy prune a whole layer to zero (by default "
+                                         "layer collapse is an error)"}
+    )
 
 
 @dataclass(frozen=True)

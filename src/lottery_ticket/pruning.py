@@ -25,30 +25,34 @@ def prune_count(fraction: float, remaining: int) -> int:
     return math.floor(fraction * remaining + 0.5)
 
 
-def _prune_smallest(weights: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
-    """A copy of `mask` with the `count` smallest-magnitude kept weights set to 0."""
+def _prune_smallest(weights: torch.Tensor, mask: torch.Tensor, count: int, invert: bool = False) -> torch.Tensor:
+    """A copy of `mask` with the `count` smallest-magnitude kept weights set to 0 (with `invert`:
+    the largest, the inversion sanity check of Frankle et al. ICLR 2021)."""
     new = mask.detach().to(torch.float32).flatten().clone()
     if count == 0:
         return new.view_as(mask)
     kept = torch.nonzero(new, as_tuple=True)[0]
     magnitudes = weights.detach().flatten().to(torch.float64, copy=False)[kept].abs()
+    if invert:
+        magnitudes = -magnitudes
     order = torch.sort(magnitudes, stable=True).indices
     new[kept[order[:count]]] = 0.0
     return new.view_as(mask)
 
 
-def prune_layerwise(masks: Masks, weights: dict[str, torch.Tensor], fractions: dict[str, float]) -> Masks:
+def prune_layerwise(masks: Masks, weights: dict[str, torch.Tensor], fractions: dict[str, float],
+                    invert: bool = False) -> Masks:
     """Prune each tensor by its own fraction of its remaining weights (`fractions[name]`)."""
     out = {}
     for name, mask in masks.items():
         fraction = fractions.get(name, 0.0)
         remaining = int(mask.sum().item())
-        out[name] = _prune_smallest(weights[name].cpu(), mask.cpu(), prune_count(fraction, remaining))
+        out[name] = _prune_smallest(weights[name].cpu(), mask.cpu(), prune_count(fraction, remaining), invert)
     return out
 
 
 def prune_global(
-    masks: Masks, weights: dict[str, torch.Tensor], fraction: float, never_prune: list[str] = ()
+    masks: Masks, weights: dict[str, torch.Tensor], fraction: float, never_prune: list[str] = (), invert: bool = False
 ) -> Masks:
     """Prune `fraction` of all remaining weights with one magnitude threshold across tensors."""
     unknown = set(never_prune) - set(masks)
@@ -61,7 +65,7 @@ def prune_global(
     flat_masks = torch.cat([out[n].flatten() for n in names])
     flat_weights = torch.cat([weights[n].detach().cpu().flatten().to(torch.float64) for n in names])
     remaining = int(flat_masks.sum().item())
-    pruned = _prune_smallest(flat_weights, flat_masks, prune_count(fraction, remaining))
+    pruned = _prune_smallest(flat_weights, flat_masks, prune_count(fraction, remaining), invert)
     offset = 0
     for n in names:
         size = out[n].numel()
@@ -91,3 +95,67 @@ def random_masks_like(masks: Masks, seed: int) -> Masks:
         out[name] = new.view(mask.shape)
     return out
 
+
+
+# --------------------------------------------------------------------------- score-based pruning
+
+
+class LayerCollapse(LotteryError):
+    """A strategy would prune a whole layer (the network would compute a constant)."""
+
+
+def density_count(density: float, total: int) -> int:
+    """How many of `total` weights a mask of `density` keeps (round half up, as `prune_count`)."""
+    if not 0.0 < density <= 1.0:
+        raise LotteryError(f"density must be in (0, 1], got {density}")
+    return math.floor(density * total + 0.5)
+
+
+def keep_highest(
+    masks: Masks,
+    scores: dict[str, torch.Tensor],
+    keep: int,
+    *,
+    invert: bool = False,
+    never_prune: list[str] = (),
+    allow_collapse: bool = False,
+) -> Masks:
+    """New masks keeping the `keep` highest-scoring weights among those `masks` keeps, across all
+    tensors (one global ranking, as SNIP, GraSP and SynFlow rank).
+
+    * Only kept weights compete: a masked weight stays masked whatever its score.
+    * `invert` keeps the lowest scores instead (Frankle et al. ICLR 2021, Section 5 "inversion"):
+      the ranking of the negated score, so signed scores reverse and zeros stay finite (never
+      1/score).
+    * Ties are broken by position, as magnitude pruning: tensors in sorted name order, then the
+      flattened position; among equal scores the earlier weight is pruned first.
+    * `never_prune` tensors keep their masks and are not counted; `keep` counts the others.
+    * A tensor that had weights and would keep none is layer collapse (Tanaka et al. 2020,
+      Section 3): a LotteryError unless `allow_collapse`.
+    """
+    unknown = set(never_prune) - set(masks)
+    if unknown:
+        raise LotteryError(f"--never-prune names unknown tensors {sorted(unknown)}; prunable: {sorted(masks)}")
+    names = sorted(n for n in masks if n not in set(never_prune))
+    out = {name: masks[name].detach().cpu().to(torch.float32).clone() for name in masks}
+    flat_masks = torch.cat([out[n].flatten() for n in names])
+    flat_scores = torch.cat([scores[n].detach().cpu().flatten().to(torch.float64) for n in names])
+    kept = torch.nonzero(flat_masks, as_tuple=True)[0]
+    if keep > len(kept):
+        raise LotteryError(f"cannot keep {keep} weights: only {len(kept)} remain unpruned")
+    candidate = flat_scores[kept]
+    if not torch.isfinite(candidate).all():
+        raise LotteryError("pruning scores are not all finite (NaN or inf): the network or its data "
+                           "gives no usable ranking")
+    order = torch.sort(-candidate if invert else candidate, stable=True).indices
+    flat_masks[kept[order[: len(kept) - keep]]] = 0.0
+    offset = 0
+    for n in names:
+        size = out[n].numel()
+        out[n] = flat_masks[offset : offset + size].view_as(out[n]).clone()
+        offset += size
+        if not allow_collapse and out[n].sum() == 0 and masks[n].sum() > 0:
+            raise LayerCollapse(
+                f"layer collapse: keeping {keep} weights would prune all of {n}, disconnecting the network "
+                "(choose a higher density, or pass --allow-layer-collapse to accept it)")
+    return out

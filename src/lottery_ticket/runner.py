@@ -185,12 +185,18 @@ def new_model(hp: Hparams, splits, seed: int, presets: dict | None = None) -> to
     return model
 
 
-def pruner(hp: Hparams, model: torch.nn.Module, splits=None):
+def pruner(hp: Hparams, model: torch.nn.Module, splits=None, seed: int = 0):
     """prune_masks(masks, final_weights): the registered strategy `hp.pruning.strategy` (see
-    `lottery_ticket.strategies`), with `model` as the architecture and `splits` as its data."""
+    `lottery_ticket.strategies`), with `model` as the architecture, `splits` as its data and
+    `seed` for strategies that draw examples or random scores."""
     from lottery_ticket.strategies import pruner as strategy_pruner
 
-    return strategy_pruner(hp, model, splits)
+    return strategy_pruner(hp, model, splits, seed)
+
+
+def pruning_seed(seed: int, trial: int) -> int:
+    """The seed a trial's pruning strategy draws its scored examples (or random scores) from."""
+    return derive_seed("pruning", seed, trial)
 
 
 def callbacks(ctx: RunOptions) -> dict:
@@ -292,7 +298,7 @@ def lottery_trial(job: LotteryJob, ctx: RunOptions) -> None:
         result = train_ticket(LevelJob(exp_dir, hp, seed, trial, level), ctx, dataset, model, masks)
         return result.rewind, result.final
 
-    prune_masks = pruner(hp, make_model(None), splits)
+    prune_masks = pruner(hp, make_model(None), splits, pruning_seed(seed, trial))
     experiment(make_dataset, make_model, train_model, prune_masks, levels)
 
 
@@ -409,7 +415,9 @@ def prepare_control(job: ControlJob, ctx: RunOptions) -> ControlSetup:
     run_seed = derive_seed("control", control, seed, trial, level, run_index)
     splits = load_splits(hp, ctx, seeds["labels"])
     fresh = new_model(hp, splits, run_seed).state_dict()
-    weights, run_masks = branch_for_kind(control).init(original, fresh, masks, run_seed)
+    branch = branch_for_kind(control)
+    masks = branch.source_masks(exp_dir, trial, level, hp, seed, splits, masks)
+    weights, run_masks = branch.init(original, fresh, masks, run_seed)
     return ControlSetup(
         hp=hp, splits=splits, model=new_model(hp, splits, run_seed, presets=weights), masks=run_masks,
         order_seed=seeds["order"], out=layout.run_dir(exp_dir, trial, level, control, run_index),
@@ -500,7 +508,7 @@ def lottery_batched(exp_dir: str, hp: Hparams, seed: int, trials: list[int], lev
     seeds = {t: trial_seeds(seed, t) for t in trials}
     splits = load_splits(hp, ctx, None)
     template = new_model(hp, splits, 0)  # the architecture: layer kinds, all-ones masks
-    prune_masks = pruner(hp, template, splits)
+    prune_masks = {t: pruner(hp, template, splits, pruning_seed(seed, t)) for t in trials}
     masks, reset, final = {}, {}, {}
 
     def keep(t: int, level: int, result) -> None:
@@ -512,7 +520,7 @@ def lottery_batched(exp_dir: str, hp: Hparams, seed: int, trials: list[int], lev
     for level in range(levels + 1):
         todo = []
         for t in trials:
-            masks[t] = full_masks(template) if level == 0 else prune_masks(masks[t], final[t])
+            masks[t] = full_masks(template) if level == 0 else prune_masks[t](masks[t], final[t])
             out = layout.run_dir(exp_dir, t, level)
             run = run_seeds(hp, seed, t, level)
             record = run_record(hp, {"trial": t, "level": level, "control": TICKET, "run_index": 0,

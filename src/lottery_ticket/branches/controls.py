@@ -50,6 +50,11 @@ class ControlBranch(Branch):
         seed); `masks`: the ticket's masks at this level; `seed`: this run's seed."""
         raise NotImplementedError
 
+    def source_masks(self, exp_dir, trial: int, level: int, hp, seed: int, splits, masks: Masks) -> Masks:
+        """The masks `init` gets: the ticket's `masks` of (trial, level) unless a control derives
+        its own from the experiment (`invert` re-scores the level before). `seed`: the experiment's."""
+        return masks
+
     def run(self, job: BranchJob, ctx) -> None:
         control_run(ControlJob(job.experiment, self.kind, job.trial, job.level, job.run_index), ctx)
 

@@ -54,6 +54,14 @@ EFFICIENCY_CSV = "efficiency.csv"  # parameters, FLOPs, export size per level
 ACTIVATIONS = "activations"
 ACTIVATIONS_CSV = "activations.csv"
 
+# What `lth compare-at-init` writes into its directory: its own lottery experiment (unless
+# --imp-experiment names one), the pruning-at-initialization runs, and the comparison.
+COMPARE_IMP = "imp"
+AT_INIT = "at_init"
+COMPARE_CSV = "compare.csv"
+COMPARE_MD = "compare.md"
+COMPARE_PLOT = "compare.png"
+
 _TRIAL = "trial_"
 _LEVEL = "level_"
 _TRIAL_RE = re.compile(rf"{_TRIAL}(\d+)")
@@ -82,6 +90,12 @@ def activations_file(out_dir: str | Path, trial: int, level: int, run: str, weig
     """The activations of one network on one split (`lth activations`), in its output directory:
     `trial_<t>_level_<k>_<run>_<weights>_<split>.safetensors`."""
     return Path(out_dir) / f"{_TRIAL}{trial}_{_LEVEL}{level}_{run}_{weights}_{split}.safetensors"
+
+
+def at_init_run_dir(compare: str | Path, method: str, density: float, trial: int) -> Path:
+    """`<compare>/at_init/<method>/density_<d>/trial_<t>/`: one pruning-at-initialization run
+    (`method`: a strategy, or `<strategy>_<check>` for a sanity check of its masks)."""
+    return Path(compare) / AT_INIT / method / f"density_{density:g}" / f"{_TRIAL}{trial}"
 
 
 def parse_run_name(name: str) -> tuple[str, int] | None:
