@@ -115,7 +115,7 @@ def _add_backend_flags(g) -> None:
     """Where the runs go: this machine's worker processes, or the tasks of a Ray cluster."""
     g.add_argument("--backend", choices=BACKENDS, default="local",
                    help="local: worker processes on this machine (default); ray: one Ray task per run "
-                        f"(per trial for lottery, per line for sweep) on a Ray cluster (needs {RAY_INSTALL_HINT}); "
+                        f"(a lottery level or control run, a branch run, a sweep line) on a Ray cluster (needs {RAY_INSTALL_HINT}); "
                         "results go to the experiment directory, which every node must mount at the same path")
     g.add_argument("--ray-address", default=None, metavar="ADDRESS",
                    help="with --backend ray: the address of a running Ray cluster (e.g. head-node:6379, "

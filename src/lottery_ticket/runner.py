@@ -336,7 +336,8 @@ def lottery_level(job: LevelJob, ctx: RunOptions) -> None:
                              layout.REWIND if hp.training.rewind_iteration > 0 else layout.INITIAL)
     model = new_model(hp, splits, seeds["model"], reset)
     previous = layout.run_dir(exp_dir, trial, level - 1)
-    prune_masks = pruner(hp, model, splits)  # (the architecture: strategies prune a copy holding the weights)
+    # (the architecture: strategies prune a copy holding the weights; the trial's seed, as lottery_trial)
+    prune_masks = pruner(hp, model, splits, pruning_seed(job.seed, trial))
     masks = prune_masks(read_run_tensors(previous, layout.MASKS), read_run_tensors(previous, layout.FINAL))
     train_ticket(job, ctx, splits, model, masks)
 
