@@ -295,7 +295,7 @@ def test_workers_show_what_starts_before_any_run_finishes(tmp_path, mnist_root):
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     first_finished = next(i for i, line in enumerate(lines) if "early stop at" in line)
-    assert lines[0].startswith("starting 2 trials on 2 worker processes")
+    assert lines[0].startswith("starting 4 runs on 2 worker processes")  # 2 trials x levels 0, 1
     assert any(line.startswith("start: ") and "trial_" in line for line in lines[:first_finished])
 
 

@@ -161,7 +161,8 @@ def test_lottery_and_controls_on_a_cluster_survive_a_node_loss_and_match_local(c
 
     # the fault's timeline (printed with -s; numbers for the README)
     run = found["run"] if found["run"] in found["held"] else found["held"][0]  # (it may have finished meanwhile)
-    label = f"{exp}, trial {int(run.split('trial_')[1].split('/')[0])}"
+    trial, level = (int(run.split(part)[1].split("/")[0]) for part in ("trial_", "level_"))
+    label = f"{exp}, trial {trial}, level {level}"  # (runner.LevelJob's label: one task per level)
     retry = min(e[0] for e in lottery.events if e[3] == "task" and e[4] == label and e[0] > found["killed"])
     took_over, (iteration, _) = next((e[0], e[5]) for e in lottery.events
                                      if e[3] == "start" and e[4] == run and e[0] > retry)

@@ -58,7 +58,7 @@ BAD_FLAGS = [
     (["--rewind-iteration", "-1"], "--rewind-iteration"),
     (["--lr-milestones", "10,x"], "--lr-milestones"),
     (["--optimizer", "adagrad"], "--optimizer"),
-    (["--strategy", "random"], "--strategy"),
+    (["--strategy", "no_such_strategy"], "--strategy"),
     (["--normalization", "zca"], "--normalization"),
     (["--dataset", "imagenet"], "--dataset"),
     (["--init", "zeros"], "--init"),
@@ -82,7 +82,7 @@ LOTTERY_ONLY = [
     (["--trials", str(10**9)], "--trials"),
     (["--workers", "0"], "--workers"),
     (["--workers", str(10**6)], "--workers"),
-    (["--batched", "--model", "conv2", "--dataset", "mnist"], "--batched"),
+    (["--batched", "--model", "conv2", "--dataset", "mnist", "--dropout", "0.5"], "--batched"),
     (["--batched", "--augment"], "--batched"),
     (["--batched", "--permute-labels"], "--batched"),
 ]
@@ -105,7 +105,7 @@ def test_bad_flag_is_one_line_and_writes_nothing(tmp_path, capsys, command, flag
 
 @pytest.mark.parametrize("flags", [["--never-prune", "typo"], ["--dropout", "0.5"],
                                    ["--strategy", "global", "--never-prune", "fc.weight,typo"],
-                                   ["--batched", "--model", "conv2", "--dataset", "mnist"]])
+                                   ["--batched", "--model", "conv2", "--dataset", "mnist", "--dropout", "0.5"]])
 def test_mistake_writes_nothing_so_the_fixed_command_runs_in_the_same_directory(tmp_path, capsys, mnist_root, flags):
     exp = tmp_path / "exp"
     common = ["lottery", *SMALL, "--levels", 1, "--threads", 1, "--output-dir", exp, "--data-root", mnist_root]

@@ -387,6 +387,17 @@ def _render_markdown(ctx: dict) -> str:
 # ----------------------------------------------------------------------------- entry point
 
 
+def _verify_initial_weights(root: Path, used) -> None:
+    """The analytics read each trial's level-0 initial weights (surviving initial weights): check
+    them against their digests before anything is written, so a damaged one writes nothing."""
+    from lottery_ticket.layout.files import verify_run
+
+    for trial in sorted({int(t) for t in used["trial"]}) if len(used) else []:
+        run = layout.run_dir(root, trial, 0)
+        if (run / layout.INITIAL).is_file():
+            verify_run(run, [layout.INITIAL])
+
+
 def write_report(
     experiment_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -414,6 +425,7 @@ def write_report(
     used = results if include_incomplete else results[results["complete"]]
     used = used[used["has_metrics"]]
     agg = aggregate(used)
+    _verify_initial_weights(root, used)
     metrics = load_metrics(root, controls=(layout.TICKET,), complete_only=not include_incomplete)
     plots: list[Plot] = make_plots(agg, metrics, plots_dir, levels=levels, errorbars=errorbars)
 

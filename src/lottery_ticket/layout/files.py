@@ -202,7 +202,7 @@ def read_run_tensors(run: str | Path, name: str, verify: bool = True) -> dict[st
 
 def read_network(exp_dir: str | Path, trial: int, level: int, run: str, weights: str) -> tuple[Path, dict, dict]:
     """(run directory, state dict, masks) of one saved network of an experiment: `weights` one of
-    layout.NETWORKS ("initial", "rewind", "final") of run `run` ("main", "reinit_0", ...) at
+    layout.NETWORKS ("initial", "rewind", "final") of run `run` (a run name: the ticket or `<control>_<r>`) at
     (trial, level); each file checked against its digest. What is missing is one LotteryError."""
     kind, index = layout.run_kind(run)
     path = layout.run_dir(exp_dir, trial, level, kind, index)
