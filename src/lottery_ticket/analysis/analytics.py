@@ -7,7 +7,6 @@ and their CSV files are written beside `aggregate.csv`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +23,13 @@ from lottery_ticket.analysis.masks import (
 from lottery_ticket.analysis.plots import Plot, choose_levels, save_figure
 from lottery_ticket.analysis.stats import paired_comparison
 from lottery_ticket.analysis.table import control_label, control_sort_key, format_pm, write_csv
+from lottery_ticket.branches import (
+    ReportSection as Section,  # (one section type for every report part)
+)
 from lottery_ticket.errors import LotteryError
 
 CI_METRICS = (("early_stop_iteration", "ES iteration", 1.0, 0), ("early_stop_test_accuracy", "test acc @ES %", 100.0, 2),
               ("final_test_accuracy", "final test acc %", 100.0, 2), ("final_train_accuracy", "final train acc %", 100.0, 2))
-
-
-@dataclass
-class Section:
-    """One section of the report: a title, a note saying how its numbers are computed, a table."""
-
-    title: str
-    note: str
-    header: list[str]
-    rows: list[list[str]]
-    plots: list[Plot] = field(default_factory=list)
 
 
 def number(value: float, digits: int = 2, scale: float = 1.0) -> str:

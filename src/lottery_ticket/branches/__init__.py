@@ -50,7 +50,8 @@ class BranchJob:
 
 @dataclass
 class ReportSection:
-    """What a branch adds to `lth report`: a titled table and figures (`analysis.plots.Plot`)."""
+    """A section of `lth report`: a title, a note saying how its numbers are computed, a table and
+    figures (`analysis.plots.Plot`). What a branch adds, and the analytics' sections too."""
 
     title: str
     note: str
