@@ -143,11 +143,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     rows = eval_rows(memory_format, EVAL_BATCH)
     loss = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    for start in range(0, len(y), rows):
-        logits = model(as_input(x[start : start + rows], memory_format))
-        target = y[start : start + rows]
-        loss += F.cross_entropy(logits, target, reduction="sum").double()
-        correct += (logits.argmax(1) == target).sum()
+    # One torch thread on the CPU: MKL splits some products (e.g. under ~100 rows, or 784 -> 100)
+    # differently on 1 and 2 threads on AVX-512 CPUs, so metrics would depend on how many workers
+    # share the machine (a lone run evaluates on the spare core in the background anyway).
+    with threads(1 if x.device.type == "cpu" else None):
+        for start in range(0, len(y), rows):
+            logits = model(as_input(x[start : start + rows], memory_format))
+            target = y[start : start + rows]
+            loss += F.cross_entropy(logits, target, reduction="sum").double()
+            correct += (logits.argmax(1) == target).sum()
     model.train(was_training)
     return loss.item() / len(y), correct.item() / len(y)
 
