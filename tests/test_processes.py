@@ -16,7 +16,7 @@ from lottery_ticket import checkpoint, layout
 
 LIVENESS = 120  # seconds: only ever a bound on waiting for something that must happen
 # Long enough that the experiment is still running when the tests stop it (they check).
-LONG = ["--model", "fc_100", "--iterations", "1000", "--eval-every", "250", "--checkpoint-seconds", "0.2",
+LONG = ["--model", "fc_100", "--iterations", "4000", "--eval-every", "1000", "--checkpoint-seconds", "0.2",
         "--levels", "3", "--trials", "2", "--threads", "1"]
 
 
