@@ -39,8 +39,7 @@ def hparams(iterations: int):
 
 
 def one_run(splits, hp, seed: int, background_eval: bool = False) -> None:
-    trainer.train(lenet(seed), splits, hp, order_seed=seed,
-                  eval_threads=2 if background_eval else None, background_eval=background_eval)
+    trainer.train(lenet(seed), splits, hp, order_seed=seed, background_eval=background_eval)
 
 
 def worker(seed: int, iterations: int, barrier, done) -> None:

@@ -62,7 +62,7 @@ def trial_jobs_lottery(exp: str, iterations: int, workers: int) -> None:
     before issue 16)."""
     from dataclasses import replace
 
-    from lottery_ticket.cli import _with_eval_threads
+    from lottery_ticket.cli import _with_background_eval
     from lottery_ticket.hparams import preset_hparams
     from lottery_ticket.runner import (
         LotteryJob,
@@ -77,7 +77,7 @@ def trial_jobs_lottery(exp: str, iterations: int, workers: int) -> None:
     ctx = RunOptions(data_root=str(data_root()), download=False)
     prepare_experiment(exp, hp, 0)
     jobs = [LotteryJob(exp, hp, 0, trial, LEVELS) for trial in range(TRIALS)]
-    run_jobs(lottery_trial, jobs, workers, 1, _with_eval_threads(ctx, workers), share=hp,
+    run_jobs(lottery_trial, jobs, workers, 1, _with_background_eval(ctx, workers), share=hp,
              runs=TRIALS * (LEVELS + 1), what="trials")
 
 

@@ -443,12 +443,13 @@ def _parallel(args, jobs: int, model: str | None = None):
     return 1, _threads(args, max(1, int(backend.cpus))), backend
 
 
-def _with_eval_threads(ctx, workers: int, threads: int | None = None):
-    """Evaluation threads per run: `threads` (a Ray task's CPU share) or cores / workers."""
-    from lottery_ticket.runner import eval_threads
+def _with_background_eval(ctx, workers: int, cores: int | None = None):
+    """Runs evaluate in the background (on the CPU) when each has a core to spare: `cores` (a Ray
+    task's CPU share) or the machine's cores / workers above one. (Evaluation itself always runs
+    on one thread on the CPU: `loop.evaluation_threads`.)"""
+    from lottery_ticket.runner import cores_per_worker
 
-    threads = threads or eval_threads(workers)
-    return replace(ctx, eval_threads=threads, background_eval=threads > 1)
+    return replace(ctx, background_eval=(cores or cores_per_worker(workers)) > 1)
 
 
 def _check_train_output_dir(directory: str, force: bool) -> None:
@@ -501,7 +502,7 @@ def cmd_train(args) -> None:
     hp = hparams_from_args(args)
     check_model(hp)
     _check_prune_at_init(args)
-    ctx = _with_eval_threads(_context(args), 1)
+    ctx = _with_background_eval(_context(args), 1)
     train_threads = _threads(args, default_threads(1, hp.model.model))
     _check_device(ctx.device)
     _check_train_output_dir(args.output_dir, args.force)
@@ -553,13 +554,13 @@ def cmd_lottery(args) -> None:
     workers, threads, backend = _parallel(args, len(jobs) if controls else args.trials, hp.model.model)
     prepare_experiment(args.output_dir, hp, args.seed)
     if args.batched:
-        from lottery_ticket.runner import eval_threads, lottery_batched
+        from lottery_ticket.runner import cores_per_worker, lottery_batched
         from lottery_ticket.trainer import threads
 
-        with threads(_threads(args, eval_threads(1))):
+        with threads(_threads(args, cores_per_worker(1))):
             lottery_batched(args.output_dir, hp, args.seed, list(range(args.trials)), args.levels, ctx)
     else:
-        run_jobs(run_job, jobs, workers, threads, _with_eval_threads(ctx, workers, backend and threads), share=hp,
+        run_jobs(run_job, jobs, workers, threads, _with_background_eval(ctx, workers, backend and threads), share=hp,
                  runs=len(jobs), what="runs", after=after, backend=backend)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
@@ -627,14 +628,14 @@ def _run_branch(args, name: str) -> None:
     check_model(hp, batched=args.batched, trials=len({job.trial for job in jobs}))
     branch.check(hp, jobs)
     if args.batched:
-        from lottery_ticket.runner import eval_threads
+        from lottery_ticket.runner import cores_per_worker
         from lottery_ticket.trainer import threads
 
-        with threads(_threads(args, eval_threads(1))):
+        with threads(_threads(args, cores_per_worker(1))):
             branch.run_batched(jobs, ctx)
     else:
         workers, threads, backend = _parallel(args, len(jobs), hp.model.model)
-        run_jobs(run_branch, jobs, workers, threads, _with_eval_threads(ctx, workers, backend and threads),
+        run_jobs(run_branch, jobs, workers, threads, _with_background_eval(ctx, workers, backend and threads),
                  share=hp, runs=len(jobs) if branch.one_run_per_job else None, what=f"{name} runs", backend=backend)
     if not args.quiet:
         from lottery_ticket.analysis.table import summary_table
@@ -700,7 +701,7 @@ def cmd_compare_at_init(args) -> None:
         print(f"IMP levels for densities {', '.join(f'{d:g}' for d in densities)}: "
               + ", ".join(f"level {chosen[d]} ({100 * level_densities[chosen[d]]:.2f}%)" for d in densities),
               file=sys.stderr)
-    results = run_jobs(compare_job, jobs, workers, threads, _with_eval_threads(ctx, workers), share=hp,
+    results = run_jobs(compare_job, jobs, workers, threads, _with_background_eval(ctx, workers), share=hp,
                        runs=args.trials * (levels + 1) + len(at_init), what="trials and runs")
     collapsed = [message for message in results if message]
     runs = [("imp", d, chosen[d], layout.run_dir(imp, t, chosen[d])) for d in densities for t in trials]

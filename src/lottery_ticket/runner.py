@@ -86,7 +86,6 @@ class RunOptions:
     checkpoint_seconds: float = 10.0
     fast: bool = True
     download: bool = True  # fetch missing dataset files from the public mirrors
-    eval_threads: int | None = None  # torch threads while evaluating (None: the training threads)
     background_eval: bool = False  # evaluate in a second thread while training goes on (a spare core)
     callbacks: tuple[str, ...] = ()  # registered evaluation callbacks run in every training run
 
@@ -212,7 +211,7 @@ def train_options(ctx: RunOptions) -> dict:
     """The keyword arguments of `trainer.train` that say how to run (not what): one place from
     the run options to every training run."""
     return dict(device=ctx.device, quiet=ctx.quiet or not ctx.bars, checkpoint_seconds=ctx.checkpoint_seconds,
-                fast=ctx.fast, eval_threads=ctx.eval_threads, background_eval=ctx.background_eval,
+                fast=ctx.fast, background_eval=ctx.background_eval,
                 callbacks=callbacks(ctx))
 
 
@@ -572,11 +571,11 @@ def default_threads(workers: int, model: str | None = None) -> int:
 
     if model is not None and is_fully_connected(model):
         return 1
-    return eval_threads(workers)
+    return cores_per_worker(workers)
 
 
-def eval_threads(workers: int) -> int:
-    """Evaluation threads per run: the cores shared out among the workers (large products scale)."""
+def cores_per_worker(workers: int) -> int:
+    """The machine's cores shared out among `workers` (at least one)."""
     return max(1, (os.cpu_count() or 1) // workers)
 
 

@@ -186,7 +186,6 @@ def train(
     fast: bool = True,
     stop_after: int | None = None,
     start_iteration: int = 0,
-    eval_threads: int | None = None,
     background_eval: bool = False,
     callbacks: dict[str, Callable] | None = None,
     optimizer_state: dict | None = None,
@@ -197,8 +196,7 @@ def train(
     loaded instead of trained again. `stop_after` ends training early at that iteration without
     marking the run complete (used by tests to simulate an interruption). `start_iteration` > 0
     continues the schedule (data order, learning rate) from that iteration: late rewinding.
-    `eval_threads` (CPU): torch threads for evaluation, whose large matrix products use more
-    cores well, while small training steps are fastest on one thread. `background_eval` (CPU):
+    `background_eval` (CPU):
     evaluate a snapshot of the weights in a second thread while training goes on (same rows,
     same values; for a run that has a spare core). `callbacks` ({name: callback}, see
     `lottery_ticket.callbacks`) run at every evaluation; their rows go to `<name>.csv` in the run.
@@ -219,15 +217,15 @@ def train(
         lock = None
     try:
         return _train(model, splits, hp, order_seed, masks, out, record, torch.device(device), quiet,
-                      checkpoint_seconds, fast, stop_after, start_iteration, eval_threads,
-                      background_eval, callbacks, optimizer_state)
+                      checkpoint_seconds, fast, stop_after, start_iteration, background_eval, callbacks,
+                      optimizer_state)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, checkpoint_seconds, fast, stop_after,
-           start_iteration, eval_threads, background_eval, callbacks=None, optimizer_state=None):
+           start_iteration, background_eval, callbacks=None, optimizer_state=None):
     engine = SingleEngine(model, splits, hp, order_seed, masks, device, fast)
     if optimizer_state is not None:  # (a checkpoint, if any, replaces it when the loop resumes)
         engine.optimizer.load_state_dict(optimizer_state)
@@ -246,8 +244,7 @@ def _train(model, splits, hp, order_seed, masks, out, record, device, quiet, che
     try:
         [result] = loop.train(engine, splits, hp, initial=[initial], total=total, start_iteration=start_iteration,
                               checkpoint_dir=checkpoint_dir, checkpoint_seconds=checkpoint_seconds,
-                              stop_after=stop_after, callbacks=callbacks, eval_threads=eval_threads,
-                              background_eval=background_eval, journal=journal, key=key, quiet=quiet)
+                              stop_after=stop_after, callbacks=callbacks, background_eval=background_eval, journal=journal, key=key, quiet=quiet)
     finally:
         if journal is not None:
             journal.board.close()

@@ -105,10 +105,9 @@ def recompute_batch_norm(model: torch.nn.Module, train_x: torch.Tensor, batch: i
     model.eval()
 
 
-def curve(ticket: TicketTraining, a: dict, b: dict, masks: dict, count: int, device: str,
-          eval_threads: int | None = None) -> dict:
+def curve(ticket: TicketTraining, a: dict, b: dict, masks: dict, count: int, device: str) -> dict:
     """The interpolation curve between `a` and `b`: per split, loss and error (percent) at each alpha."""
-    from lottery_ticket.loop import evaluate, threads
+    from lottery_ticket.loop import evaluate, evaluation_threads
 
     splits = ticket.splits
     data = {"train": (splits.train_x.to(device), splits.train_y.to(device)),
@@ -117,7 +116,7 @@ def curve(ticket: TicketTraining, a: dict, b: dict, masks: dict, count: int, dev
     norm = has_batch_norm(model)
     masks = {k: v.to(device) for k, v in masks.items()}
     result = {split: {"loss": [], "error": []} for split in SPLITS}
-    with threads(eval_threads):
+    with evaluation_threads(device):  # (batch-norm statistics too: the same values on any worker count)
         for alpha in alphas(count):
             procs.check_stop()  # (SIGINT/SIGTERM: nothing of this pair is written; it is redone)
             model.load_state_dict(interpolate(a, b, alpha))
@@ -209,7 +208,7 @@ class Instability(MeasuringBranch):
                                      "seeds": {**ticket.seeds, "order": order}},
                            **{**train_options(ctx), "callbacks": {}})
             finals[copy] = result.final
-        values = curve(ticket, finals["a"], finals["b"], ticket.masks, count, ctx.device, ctx.eval_threads)
+        values = curve(ticket, finals["a"], finals["b"], ticket.masks, count, ctx.device)
         barriers = {split: error_barrier(values[split]["error"]) for split in SPLITS}
         record = {
             "trial": ticket.trial, "level": ticket.level, "pm": 100 * density(ticket.masks), "k": k, "pair": pair,
