@@ -73,3 +73,47 @@ def test_only_conv_nets_on_the_cpu_take_the_channels_last_path():
     assert fast_conv.as_input(x, torch.contiguous_format) is x
     flat = torch.randn(2, 784)
     assert fast_conv.as_input(flat, torch.channels_last) is flat
+
+
+def trained_looking_batch_norm(model, seed=0):
+    """Batch-norm statistics and affine parameters away from their initial 0/1, as after training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.copy_(torch.rand(bn.running_mean.shape, generator=g) - 0.5)
+            bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=g) + 0.5)
+            bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) + 0.5)
+            bn.bias.copy_(torch.rand(bn.bias.shape, generator=g) * 0.4 - 0.2)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg19"])
+def test_batch_norm_folded_for_evaluation_gives_the_plain_numbers_to_float_rounding(name):
+    model = build_model(name, seed=0, input_shape=SHAPE)
+    prepare_masks(model, half_masks(model), torch.device("cpu"))
+    trained_looking_batch_norm(model)
+    model.eval()
+    folded = fast_conv.folded_batch_norm(model)
+    assert folded is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = synthetic_splits(n_train=1, n_val=1, n_test=200, shape=SHAPE, seed=3)
+    x, y = data.test_x, data.test_y
+    loss, accuracy = loop.evaluate(model, x, y)  # folded, channels-last, 100-row chunks
+    with torch.no_grad():  # plain: NCHW, batch norm as its own layer, the whole split as one batch
+        logits = model(x.contiguous())
+        plain_loss = F.cross_entropy(logits, y).item()
+        plain_accuracy = (logits.argmax(1) == y).sum().item() / len(y)
+        assert (folded(x) - logits).abs().max() < 1e-4 * logits.abs().max()
+    assert loss == pytest.approx(plain_loss, rel=1e-5)
+    assert accuracy == plain_accuracy
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is untouched
+
+
+def test_batch_norm_is_left_alone_where_folding_would_change_what_runs():
+    resnet = build_model("resnet18", seed=0, input_shape=SHAPE)
+    assert fast_conv.folded_batch_norm(resnet.train()) is resnet  # training mode: batch statistics
+    resnet.eval()
+    resnet.conv.register_forward_hook(lambda m, i, o: None)
+    assert fast_conv.folded_batch_norm(resnet) is resnet  # a hook would not run on the copy
+    conv2 = build_model("conv2", seed=0, input_shape=SHAPE).eval()
+    assert fast_conv.folded_batch_norm(conv2) is conv2  # nothing to fold

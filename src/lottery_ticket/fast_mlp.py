@@ -38,9 +38,9 @@ _nll_backward = torch.ops.aten.nll_loss_backward.default
 _log_softmax_backward = torch.ops.aten._log_softmax_backward_data.default
 
 
-def _has_hooks(model: nn.Module) -> bool:
-    """Module or parameter hooks would run under autograd but not here: such models take the
-    general path."""
+def has_hooks(model: nn.Module) -> bool:
+    """Module or parameter hooks would run under autograd but not in a hand-written or rewritten
+    computation: such models take the general path."""
     for module in model.modules():
         if (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                 or module._backward_pre_hooks):
@@ -60,7 +60,7 @@ def supports(model: nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     device = params[0].device
     if any(p.dtype != torch.float32 or p.device != device or not p.requires_grad for p in params):
         return False
-    return not _has_hooks(model)
+    return not has_hooks(model)
 
 
 class _Buffers:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from lottery_ticket import procs
 from lottery_ticket.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from lottery_ticket.errors import LotteryError
-from lottery_ticket.fast_conv import as_input, eval_rows, input_format
+from lottery_ticket.fast_conv import as_input, eval_rows, folded_batch_norm, input_format
 from lottery_ticket.hparams import Hparams, TrainingHparams, check_rewind, milestones
 from lottery_ticket.layout.files import TrainResult
 from lottery_ticket.store import state_dict_copy
@@ -178,18 +178,19 @@ def evaluation_threads(device: str | torch.device):
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over a whole split, in large batches (conv nets on the CPU
-    in channels-last format, see `fast_conv`)."""
+    in channels-last format with batch norm folded into the convolutions, see `fast_conv`)."""
     if len(y) == 0:
         return math.nan, math.nan
     was_training = model.training
     model.eval()
     memory_format = input_format(model, x.device)
     rows = eval_rows(memory_format, EVAL_BATCH)
+    net = folded_batch_norm(model) if memory_format == torch.channels_last else model
     loss = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     with evaluation_threads(x.device), denormals_flushed():
         for start in range(0, len(y), rows):
-            logits = model(as_input(x[start : start + rows], memory_format))
+            logits = net(as_input(x[start : start + rows], memory_format))
             target = y[start : start + rows]
             loss += F.cross_entropy(logits, target, reduction="sum").double()
             correct += (logits.argmax(1) == target).sum()
