@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from bench_train import matmul_rate
-from benchmarks_common import data_root, load_average
+from benchmarks_common import load_average, load_splits
 
 from lottery_ticket import loop, trainer
 from lottery_ticket.hparams import preset_hparams
@@ -208,15 +208,13 @@ def denormal_share(optimizer: torch.optim.Optimizer) -> float:
 
 def bench_real_data(name: str, threads: int, steps: int, block: int) -> None:
     """(e): both loops trained on real CIFAR-10 batches, `steps` each, in interleaved blocks."""
-    from lottery_ticket.data import load_dataset
     from lottery_ticket.data.order import TrainingOrder
 
-    root = data_root()
-    if root is None or not (root / "cifar10").is_dir():
-        print("  (e) skipped: real CIFAR-10 not found (set LTH_DATA)")
+    splits = load_splits("cifar10")
+    if splits.name == "random":
+        print("  (e) skipped: it needs real CIFAR-10 (set LTH_DATA)")
         return
     torch.set_num_threads(threads)
-    splits = load_dataset("cifar10", root, download=False, quiet=True)
     hp = preset_hparams(name)
     batch = hp.dataset.batch_size
     order = TrainingOrder(len(splits.train_y), batch, seed=0)

@@ -39,7 +39,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from benchmarks_common import data_root, load_average
+from benchmarks_common import data_root, load_average, load_splits
 
 from lottery_ticket import cli
 from lottery_ticket.batched import engine_class
@@ -48,27 +48,14 @@ from lottery_ticket.models import build_model
 from lottery_ticket.trainer import SingleEngine
 
 MODELS = {"lenet": "paper", "conv2": "conv2", "vgg19": "vgg19", "resnet18": "resnet18"}  # model -> preset
-SHAPES = {"mnist": ((1, 28, 28), 55_000), "cifar10": ((3, 32, 32), 45_000)}  # input shape, training examples
 
 
-def load_data(dataset: str, train_examples: int | None):
-    """The real training split if found, else random data of its shapes; on the CPU (engines move it)."""
-    root = data_root()
-    if root is not None and (root / dataset).is_dir():
-        from lottery_ticket.data import load_dataset
-
-        splits = load_dataset(dataset, root, download=False, quiet=True)
-        source = "real"
-    else:
-        shape, n = SHAPES[dataset]
-        g = torch.Generator().manual_seed(0)
-        splits = SimpleNamespace(train_x=torch.randn(n, *shape, generator=g),
-                                 train_y=torch.randint(0, 10, (n,), generator=g), input_shape=shape)
-        source = "random"
-    if train_examples is not None:  # (the test's small CPU run)
-        splits = SimpleNamespace(train_x=splits.train_x[:train_examples], train_y=splits.train_y[:train_examples],
-                                 input_shape=tuple(splits.train_x.shape[1:]))
-    return splits, source
+def training_data(dataset: str, train_examples: int | None) -> SimpleNamespace:
+    """The training split (real if found, else random), its first `train_examples` rows if given."""
+    splits = load_splits(dataset)
+    x, y = splits.train_x[:train_examples], splits.train_y[:train_examples]
+    return SimpleNamespace(train_x=x, train_y=y, input_shape=tuple(x.shape[1:]),
+                           source="random" if splits.name == "random" else "real")
 
 
 def synchronize(device: torch.device) -> None:
@@ -86,17 +73,13 @@ def steps_per_second(engine, steps: int, device: torch.device, start: int) -> fl
     return steps / (time.perf_counter() - started)
 
 
-def model_name(name: str) -> str:
-    return "lenet_300_100" if name == "lenet" else name
-
-
 def bench_model(name: str, ks: list[int], steps: int, repeats: int, device: torch.device,
                 train_examples: int | None) -> None:
     hp = preset_hparams(MODELS[name])
-    splits, source = load_data(hp.dataset.dataset, train_examples)
+    splits = training_data(hp.dataset.dataset, train_examples)
 
     def models(count: int) -> list[torch.nn.Module]:
-        return [build_model(model_name(name), seed=s, input_shape=tuple(splits.input_shape)) for s in range(count)]
+        return [build_model(hp.model.model, seed=s, input_shape=splits.input_shape) for s in range(count)]
 
     engines = {"one run": SingleEngine(models(1)[0], splits, hp, 0, None, device)}
     if hp.dataset.augment:
@@ -104,7 +87,6 @@ def bench_model(name: str, ks: list[int], steps: int, repeats: int, device: torc
         engines["one run, augmentation off"] = SingleEngine(models(1)[0], splits, plain, 0, None, device)
     for k in ks:
         engines[f"K={k} batched"] = engine_class(models(1)[0])(models(k), splits, hp, list(range(k)), [None] * k, device)
-    networks = {key: getattr(engine, "networks", 1) for key, engine in engines.items()}
     for engine in engines.values():  # warm-up: kernels chosen, optimizer state created
         steps_per_second(engine, 3, device, 0)
     samples: dict[str, list[float]] = {key: [] for key in engines}
@@ -113,10 +95,10 @@ def bench_model(name: str, ks: list[int], steps: int, repeats: int, device: torc
             samples[key].append(steps_per_second(engine, steps, device, 3 + r * steps))
     rate = {key: statistics.median(v) for key, v in samples.items()}
     one = rate["one run"]
-    print(f"  {name} (preset {MODELS[name]}, batch {hp.dataset.batch_size}, {source} data, "
+    print(f"  {name} (preset {MODELS[name]}, batch {hp.dataset.batch_size}, {splits.source} data, "
           f"augmentation {'on the device' if hp.dataset.augment else 'none'}):", flush=True)
     for key, value in rate.items():
-        throughput = value * networks[key]
+        throughput = value * engines[key].networks
         print(f"    {key:28s} {value:9.1f} steps/s  {throughput:9.1f} network-steps/s  "
               f"x{throughput / one:.2f} one run's throughput", flush=True)
 

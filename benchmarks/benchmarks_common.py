@@ -20,22 +20,28 @@ def data_root() -> Path | None:
     return None
 
 
-def load_splits():
-    """Real MNIST (55,000 / 5,000 / 10,000) if available, else random data of the same shapes."""
+# (input shape, training / validation / test examples) of the random stand-ins for each dataset
+SHAPES = {"mnist": ((1, 28, 28), (55_000, 5_000, 10_000)), "cifar10": ((3, 32, 32), (45_000, 5_000, 10_000))}
+
+
+def load_splits(dataset: str = "mnist"):
+    """The real dataset (MNIST: 55,000 / 5,000 / 10,000) if available, else random data of the same
+    shapes (`name` "random")."""
     root = data_root()
-    if root is not None:
+    if root is not None and (root / dataset).is_dir():
         from lottery_ticket.data import load_dataset
 
-        return load_dataset("mnist", root, download=False, quiet=True)
-    print("real MNIST not found (set LTH_DATA): using random data of MNIST's shapes", file=sys.stderr)
+        return load_dataset(dataset, root, download=False, quiet=True)
+    print(f"real {dataset} not found (set LTH_DATA): using random data of its shapes", file=sys.stderr)
     g = torch.Generator().manual_seed(0)
+    shape, counts = SHAPES[dataset]
 
     def make(n):
-        return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+        return torch.randn(n, *shape, generator=g), torch.randint(0, 10, (n,), generator=g)
 
-    (tx, ty), (vx, vy), (sx, sy) = make(55_000), make(5_000), make(10_000)
+    (tx, ty), (vx, vy), (sx, sy) = (make(n) for n in counts)
     return SimpleNamespace(train_x=tx, train_y=ty, validation_x=vx, validation_y=vy, test_x=sx, test_y=sy,
-                           num_classes=10, input_shape=(1, 28, 28), name="random")
+                           num_classes=10, input_shape=shape, name="random")
 
 
 def lenet(seed: int = 0) -> torch.nn.Module:

@@ -175,26 +175,42 @@ def evaluation_threads(device: str | torch.device):
     return threads(1 if torch.device(device).type == "cpu" else None)
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over a whole split, in large batches (conv nets on the CPU
     in channels-last format with batch norm folded into the convolutions, see `fast_conv`)."""
-    if len(y) == 0:
-        return math.nan, math.nan
+    return evaluate_splits(model, [(x, y)])[0]
+
+
+@torch.inference_mode()
+def evaluate_splits(model: nn.Module, splits: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[float, float]]:
+    """`evaluate` of each (x, y) split in turn, the model prepared for evaluation once for all of
+    them (eval mode, memory format, batch norm folded)."""
+    if not splits:
+        return []
     was_training = model.training
     model.eval()
-    memory_format = input_format(model, x.device)
+    device = splits[0][0].device
+    memory_format = input_format(model, device)
     rows = eval_rows(memory_format, EVAL_BATCH)
     net = folded_batch_norm(model) if memory_format == torch.channels_last else model
+    try:
+        with evaluation_threads(device), denormals_flushed():
+            return [_split_metrics(net, x, y, memory_format, rows) for x, y in splits]
+    finally:
+        model.train(was_training)
+
+
+def _split_metrics(net: nn.Module, x: torch.Tensor, y: torch.Tensor, memory_format: torch.memory_format,
+                   rows: int) -> tuple[float, float]:
+    if len(y) == 0:
+        return math.nan, math.nan
     loss = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
-    with evaluation_threads(x.device), denormals_flushed():
-        for start in range(0, len(y), rows):
-            logits = net(as_input(x[start : start + rows], memory_format))
-            target = y[start : start + rows]
-            loss += F.cross_entropy(logits, target, reduction="sum").double()
-            correct += (logits.argmax(1) == target).sum()
-    model.train(was_training)
+    for start in range(0, len(y), rows):
+        logits = net(as_input(x[start : start + rows], memory_format))
+        target = y[start : start + rows]
+        loss += F.cross_entropy(logits, target, reduction="sum").double()
+        correct += (logits.argmax(1) == target).sum()
     return loss.item() / len(y), correct.item() / len(y)
 
 
@@ -279,15 +295,16 @@ def train(
 
     def evaluations(nets: list[nn.Module], iteration: int, heads: list[list[Row]]) -> list[list[Row]]:
         new = []
+        named = [("validation", validation), ("test", test)]
+        if iteration == total:
+            named.append(("train", (train_x, train_y)))
         for n, net in enumerate(nets):
             net_rows = list(heads[n])
-            for split, (x, y) in (("validation", validation), ("test", test)):
-                loss, accuracy = evaluate(net, x, y)
-                if len(y) and not math.isfinite(loss):  # the weights themselves blew up in the last step
+            for (split, (_, y)), (loss, accuracy) in zip(named, evaluate_splits(net, [d for _, d in named]),
+                                                         strict=True):
+                if split != "train" and len(y) and not math.isfinite(loss):  # the weights blew up in the last step
                     raise _Diverged(iteration, n)
                 net_rows.append((iteration, split, loss, accuracy))
-            if iteration == total:
-                net_rows.append((iteration, "train", *evaluate(net, train_x, train_y)))
             new.append(net_rows)
         return new
 

@@ -107,7 +107,7 @@ def recompute_batch_norm(model: torch.nn.Module, train_x: torch.Tensor, batch: i
 
 def curve(ticket: TicketTraining, a: dict, b: dict, masks: dict, count: int, device: str) -> dict:
     """The interpolation curve between `a` and `b`: per split, loss and error (percent) at each alpha."""
-    from lottery_ticket.loop import evaluate, evaluation_threads
+    from lottery_ticket.loop import evaluate_splits, evaluation_threads
 
     splits = ticket.splits
     data = {"train": (splits.train_x.to(device), splits.train_y.to(device)),
@@ -123,8 +123,7 @@ def curve(ticket: TicketTraining, a: dict, b: dict, masks: dict, count: int, dev
             apply_masks(model, masks)  # (0 in both endpoints already: kept 0 along the path)
             if norm:
                 recompute_batch_norm(model, data["train"][0])
-            for split in SPLITS:
-                loss, accuracy = evaluate(model, *data[split])
+            for split, (loss, accuracy) in zip(SPLITS, evaluate_splits(model, [data[s] for s in SPLITS]), strict=True):
                 result[split]["loss"].append(loss)
                 result[split]["error"].append(100.0 * (1.0 - accuracy))
     return result
