@@ -132,14 +132,20 @@ def main() -> None:
     parser.add_argument("--train-examples", type=int, default=None,
                         help="use only this many training examples (a small test run)")
     args = parser.parse_args()
+    models = args.models.split(",")  # (all checked before anything runs: device time is scarce)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
+    try:
+        ks = {"lenet": [int(k) for k in args.k.split(",") if k], "conv": [int(k) for k in args.conv_k.split(",") if k]}
+    except ValueError:
+        parser.error(f"--k and --conv-k take comma-separated integers, got {args.k!r} and {args.conv_k!r}")
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"torch {torch.__version__}, device {args.device} ({name}); load average {load_average()}", flush=True)
-    for model in args.models.split(","):
-        if model not in MODELS:
-            raise SystemExit(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
-        ks = args.k if model == "lenet" else args.conv_k
-        bench_model(model, [int(k) for k in ks.split(",") if k], args.steps, args.repeats, device, args.train_examples)
+    for model in models:
+        bench_model(model, ks["lenet" if model == "lenet" else "conv"], args.steps, args.repeats, device,
+                    args.train_examples)
     if args.run_iterations:
         end_to_end(args.device, args.run_iterations)
 
